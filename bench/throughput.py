@@ -1,0 +1,114 @@
+"""Training throughput: tokens/s and MFU of the `gpt` model across sizes, fp32 vs bf16, eager vs compiled.
+
+Each cell times full optimizer steps (forward, backward, clip, fused AdamW) on
+real text (tiny shakespeare bytes, random windows), after warm-up steps, and
+reports the median step time. MFU = FLOPs/token x tokens/s / peak, where the
+peak is a square-matmul probe in the same dtype on this machine (torchtitan and
+nanochat use a data-sheet peak; CPUs have none, so we measure it).
+
+usage: python bench/throughput.py [--sizes tiny,small,medium] [--steps 20] [--compile-sizes tiny,small] [--out bench/results/throughput.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge.models import GPTConfig, build_model
+from lmforge.objectives.clm import next_token_cross_entropy
+from lmforge.runtime import measure_matmul_peak_flops, setup_runtime
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# (n_layer, n_head, n_embd, block_size, batch_size); "tiny" is nanoGPT's CPU shakespeare_char model.
+SIZES = {
+    "tiny": (4, 4, 128, 64, 12),
+    "small": (4, 4, 256, 128, 16),
+    "medium": (6, 6, 384, 256, 16),
+    "large": (8, 8, 512, 256, 8),
+}
+
+
+def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: int, tokens: torch.Tensor) -> dict:
+    n_layer, n_head, n_embd, block, batch = SIZES[size]
+    rt = setup_runtime("cpu" if not torch.cuda.is_available() else "auto", precision)
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block, vocab_size=256)
+    model = build_model(cfg).to(rt.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step_model = torch.compile(model) if compiled else model
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    t_compile = time.perf_counter()
+    for i in range(warmup + steps):
+        idx = torch.randint(0, len(tokens) - block - 1, (batch,), generator=gen)
+        x = torch.stack([tokens[j:j + block] for j in idx]).to(rt.device)
+        y = torch.stack([tokens[j + 1:j + block + 1] for j in idx]).to(rt.device)
+        rt.synchronize()
+        t0 = time.perf_counter()
+        with rt.autocast():
+            loss = next_token_cross_entropy(step_model(x).logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rt.synchronize()
+        if i == warmup - 1:
+            t_compile = time.perf_counter() - t_compile
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_time = statistics.median(times)
+    tok_s = batch * block / step_time
+    flops_tok = model.flops_per_token(block)
+    return {
+        "size": size, "n_layer": n_layer, "n_embd": n_embd, "block_size": block, "batch_size": batch,
+        "params": model.num_params(), "precision": precision, "compiled": compiled,
+        "step_ms": step_time * 1e3, "tokens_per_sec": tok_s, "flops_per_token": flops_tok,
+        "achieved_tflops": flops_tok * tok_s / 1e12, "warmup_seconds": t_compile,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="tiny,small,medium")
+    ap.add_argument("--compile-sizes", default="tiny,small", help="sizes also timed under torch.compile ('' = none)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "throughput.json"))
+    args = ap.parse_args()
+    tokens = torch.frombuffer(bytearray(DATA.read_bytes()), dtype=torch.uint8).long()
+    peaks = {p: measure_matmul_peak_flops(setup_runtime("cpu" if not torch.cuda.is_available() else "auto", p)) for p in ("fp32", "bf16")}
+    rows = []
+    for size in args.sizes.split(","):
+        for compiled in (False, True):
+            if compiled and size not in args.compile_sizes.split(","):
+                continue
+            for precision in ("fp32", "bf16"):
+                row = time_config(size, precision, compiled, args.steps, args.warmup + (3 if compiled else 0), tokens)
+                row["mfu"] = row["achieved_tflops"] * 1e12 / peaks[precision]
+                row["mfu_vs_bf16_peak"] = row["achieved_tflops"] * 1e12 / peaks["bf16"]
+                rows.append(row)
+                print(f"  {size:7s} {'compiled' if compiled else 'eager':8s} {precision}: {row['tokens_per_sec']:9.0f} tok/s", flush=True)
+    header = f"{'size':7s} {'params':>9s} {'mode':8s} {'prec':4s} {'step ms':>8s} {'tok/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s} {'bf16/fp32':>9s}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for row in rows:
+        base = next(r for r in rows if r["size"] == row["size"] and r["compiled"] == row["compiled"] and r["precision"] == "fp32")
+        speed = row["tokens_per_sec"] / base["tokens_per_sec"]
+        print(f"{row['size']:7s} {row['params']:9,d} {'compiled' if row['compiled'] else 'eager':8s} {row['precision']:4s} "
+              f"{row['step_ms']:8.1f} {row['tokens_per_sec']:9.0f} {row['achieved_tflops']:8.3f} {row['mfu']:6.1%} {speed:9.2f}")
+    print(f"\npeak (matmul probe): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s")
+    out = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "peak_flops": peaks, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""lmforge: one honest, fast, crash-safe training loop for language-model ideas."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+__version__ = "0.1.0"
+
+
+def train(preset: "str | Path | dict[str, Any]", run_dir: "str | Path | None" = None, overrides: "dict[str, Any] | None" = None,
+          callbacks: Iterable[Any] = ()):
+    """Train a preset (path, name in configs/, or dict) and return a TrainResult."""
+    from lmforge.config import load_preset
+    from lmforge.training.trainer import train as _train
+
+    return _train(load_preset(preset, overrides), run_dir, callbacks)

@@ -1,0 +1,5 @@
+"""Importing this fills every registry with the components lmforge ships."""
+import lmforge.data  # noqa: F401  sources, tokenizers
+import lmforge.models  # noqa: F401  architectures
+import lmforge.objectives  # noqa: F401
+import lmforge.training.schedules  # noqa: F401

@@ -1,0 +1,295 @@
+"""Presets: the schema of a run, loading from JSON/YAML, dotted overrides, readable errors.
+
+A preset has sections `model`, `data`, `train`, `objective`, `samples`, and lists
+`grad_filters` and `layer_swaps`. Sections whose schema depends on a registered
+component (`model` by `arch`, `objective` by `name`, each grad filter / layer
+swap by `name`) are validated with that component's own config class, so a
+recipe brings its own fields and the core does not list them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from lmforge.config_base import Section
+from lmforge.data.config import DataConfig
+from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, SCHEDULES, Registry
+
+CONFIG_DIR_NAME = "configs"
+DEFAULT_PRESET = "quickstart_cpu"  # what `python main.py` trains when Enter is pressed or there is no terminal
+
+
+class PresetError(ValueError):
+    """A preset that does not validate; the message lists every problem with its field path."""
+
+
+class TrainConfig(Section):
+    """The optimisation loop: budget, optimiser, precision, logging and checkpoint cadence."""
+
+    batch_size: int = Field(12, ge=1, description="micro-batch size per process, in sequences")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = derive from train_tokens")
+    train_tokens: int | None = Field(None, ge=1, description="token budget (all processes); used when max_steps is None")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    lr_schedule: Any = Field(
+        default_factory=lambda: {"name": "warmup_cosine"},
+        description="LR multiplier schedule by registered name, with its own options",
+    )
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long runs)")
+    seed: int = 1337
+    deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise-reproducible resume on GPU)")
+    log_interval: int = Field(10, ge=1, description="steps between metrics rows")
+    eval_interval: int = Field(250, ge=1, description="steps between validations")
+    eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
+    save_interval: int = Field(250, ge=1, description="steps between rolling checkpoints")
+    early_stopping_patience: int = Field(0, ge=0, description="evaluations without val improvement before stopping; 0 = off")
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; None = data sheet or probe")
+    tensorboard: bool = Field(False, description="also write TensorBoard event files to <run_dir>/tensorboard")
+    progress_bar: bool = True
+    legacy_weights_file: str | None = Field(
+        "simple_lm_trained.pth", description="also mirror the newest weights to this file in the run dir (seed 002); None = off"
+    )
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TrainConfig":
+        if self.max_steps is None and self.train_tokens is None:
+            raise ValueError("set train.max_steps or train.train_tokens")
+        return self
+
+
+class SamplesConfig(Section):
+    """Text samples printed and saved to <run_dir>/samples during and after training."""
+
+    prompts: list[str] = Field(default_factory=lambda: ["\n"])
+    max_new_tokens: int = Field(200, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(200, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    interval: int = Field(0, ge=0, description="steps between samples; 0 = only at the end")
+
+
+class ComponentSpec(Section):
+    """A registered component chosen by name; the rest of the keys are its own config."""
+
+    model_config = Section.model_config | {"extra": "allow"}
+    name: str
+
+
+class Preset(Section):
+    """A complete run description."""
+
+    name: str | None = None
+    description: str = ""
+    # Typed as Any here; validate_preset() replaces each with its component's own config object.
+    model: Any = Field(default_factory=lambda: {"arch": "gpt"})
+    data: DataConfig
+    train: TrainConfig
+    objective: Any = Field(default_factory=lambda: {"name": "clm"})
+    grad_filters: list[Any] = Field(default_factory=list)
+    layer_swaps: list[Any] = Field(default_factory=list)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _allowed_keys(model_cls: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names valid at `loc` (used to say what was meant after an unknown key)."""
+    cls = model_cls
+    for part in loc[:-1]:
+        if cls is None or isinstance(part, int):
+            continue
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:  # list[Model]
+            for c in candidates:
+                for inner in getattr(c, "__args__", ()):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        cls = inner
+    return sorted(cls.model_fields) if cls is not None else []
+
+
+def _format_errors(err: ValidationError, prefix: tuple, model_cls: type[BaseModel] | None) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(preset)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model_cls, tuple(e["loc"]))
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def _validate_component(registry: Registry, key: str, spec: Any, path: tuple, problems: list[str]) -> BaseModel | None:
+    if isinstance(spec, BaseModel):
+        spec = spec.model_dump()
+    if not isinstance(spec, dict) or key not in spec:
+        problems.append(f"{'.'.join(map(str, path))}: must be an object with a {key!r} key")
+        return None
+    name = spec[key]
+    if name not in registry:
+        problems.append(f"{'.'.join(map(str, path + (key,)))}: unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
+        return None
+    cls = registry.config_class(name)
+    if cls is None:
+        extra = sorted(set(spec) - {key})
+        if extra:
+            problems.append(f"{'.'.join(map(str, path))}: {registry.kind} {name!r} takes no options (got {', '.join(extra)})")
+        return ComponentSpec.model_validate({"name": name}) if key == "name" else None
+    try:
+        return cls.model_validate(spec)
+    except ValidationError as err:
+        problems.extend(_format_errors(err, path, cls))
+        return None
+
+
+def validate_preset(raw: dict[str, Any]) -> Preset:
+    """Validate a preset dict; raise PresetError naming every bad field and what is allowed."""
+    import lmforge.components  # noqa: F401  (fills the registries)
+
+    if not isinstance(raw, dict):
+        raise PresetError("(preset): must be a JSON/YAML object with sections model, data, train")
+    problems: list[str] = []
+    try:
+        preset: Preset | None = Preset.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_format_errors(err, (), Preset))
+        preset = None
+    # Component sections are checked from the raw dict too, so every problem is reported at once.
+    defaults = Preset.model_fields
+    model = _validate_component(MODELS, "arch", raw.get("model", defaults["model"].get_default(call_default_factory=True)), ("model",), problems)
+    objective = _validate_component(
+        OBJECTIVES, "name", raw.get("objective", defaults["objective"].get_default(call_default_factory=True)), ("objective",), problems
+    )
+    filters = [_validate_component(GRAD_FILTERS, "name", s, ("grad_filters", i), problems) for i, s in enumerate(_as_list(raw.get("grad_filters")))]
+    swaps = [_validate_component(LAYER_SWAPS, "name", s, ("layer_swaps", i), problems) for i, s in enumerate(_as_list(raw.get("layer_swaps")))]
+    train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    schedule = _validate_component(
+        SCHEDULES, "name", train_raw.get("lr_schedule", {"name": "warmup_cosine"}), ("train", "lr_schedule"), problems
+    )
+    if problems or preset is None:
+        raise PresetError("\n".join(problems))
+    preset.model, preset.objective, preset.grad_filters, preset.layer_swaps = model, objective, filters, swaps
+    preset.train.lr_schedule = schedule
+    return preset
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def parse_override_value(text: str) -> Any:
+    """`--train.lr 3e-4` gives a float, `--model.bias true` a bool, `'[1,2]'` a list; otherwise a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`train.lr`, `data.sources.0.path`) in a copy of the raw preset."""
+    out = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise PresetError(f"{'.'.join(parts[:i + 1])}: no list item {part!r} to override")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise PresetError(f"{'.'.join(parts[:i + 1])}: is a value, not a section; cannot set {dotted}")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise PresetError(f"{dotted}: no list item {last!r} to override")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return out
+
+
+def read_preset_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PresetError(f"cannot read preset {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise PresetError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {err}") from None
+    if isinstance(raw, dict) and "name" not in raw:
+        raw["name"] = path.stem
+    return raw
+
+
+def config_dir() -> Path:
+    """`configs/` in the current directory if it exists, else the one shipped beside the package."""
+    local = Path.cwd() / CONFIG_DIR_NAME
+    return local if local.is_dir() else Path(__file__).resolve().parent.parent / CONFIG_DIR_NAME
+
+
+def list_presets(directory: Path | None = None) -> list[Path]:
+    directory = directory or config_dir()
+    return sorted(p for p in directory.glob("*") if p.suffix in (".json", ".yaml", ".yml"))
+
+
+def resolve_preset_path(name_or_path: str) -> Path:
+    """A preset given as a path, or as a name looked up in configs/."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    for candidate in list_presets():
+        if candidate.stem == name_or_path or candidate.name == name_or_path:
+            return candidate
+    names = ", ".join(p.stem for p in list_presets())
+    raise PresetError(f"preset {name_or_path!r} is neither a file nor a preset in {config_dir()}; available: {names}")
+
+
+def load_preset(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> Preset:
+    """Load a preset from a path, a name in configs/, or a dict; apply overrides; validate."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        raw = read_preset_file(resolve_preset_path(str(source)))
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_preset(raw)

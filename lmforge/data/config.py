@@ -1,0 +1,108 @@
+"""Preset schema of the `data` section: sources, tokenizer, validation split, packing and loading.
+
+Each entry of `sources` is validated by the config class its `type` registered in
+`lmforge.registry.SOURCES`, so a new source brings its own fields and this file never lists them.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from lmforge.config_base import Section
+from lmforge.registry import SOURCES
+
+
+class TokenizerConfig(Section):
+    """Which tokenizer turns text into ids; char and bpe are built from the data once per run dir."""
+
+    type: Literal["byte", "char", "bpe", "pretrained"] = "byte"
+    vocab_size: int = Field(8192, ge=259, description="bpe only: target vocabulary size (256 bytes + eos + merges)")
+    path: str | None = Field(
+        None, description="char: vocab.json, loaded if it exists, else built from the data and written there; pretrained: tokenizer.json"
+    )
+    train_chars: int = Field(20_000_000, ge=1, description="max characters of text used to train bpe / build the char vocab")
+
+    @model_validator(mode="after")
+    def _path_fits_type(self) -> "TokenizerConfig":
+        if self.type == "pretrained" and not self.path:
+            raise ValueError("tokenizer.type 'pretrained' needs tokenizer.path (a tokenizer.json file)")
+        if self.type in ("byte", "bpe") and self.path:
+            raise ValueError(f"tokenizer.path is only used by 'char' and 'pretrained', not {self.type!r}")
+        return self
+
+
+class ValidationConfig(Section):
+    """How documents are split between train and val.
+
+    hash: a document is val iff blake2b(text) mod 10^6 < fraction * 10^6 (stable across runs and machines).
+    tail: the last `fraction` of every file is val, like nanoGPT's `text[int(n*0.9):]`.
+    """
+
+    method: Literal["hash", "tail"] = "hash"
+    fraction: float = Field(0.01, gt=0, lt=1)
+
+
+class DataConfig(Section):
+    """Everything between files on disk and (input_ids, labels) batches."""
+
+    sources: list[Any] = Field(min_length=1, description="source configs, each with a registered `type`")
+    mix: Literal["round_robin"] = "round_robin"
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 = read in the training process")
+    shuffle_buffer: int = Field(1024, ge=0, description="packed blocks held for shuffling; 0 = no shuffling")
+    seed: int = 1337
+
+    @field_validator("sources")
+    @classmethod
+    def _validate_sources(cls, value: list[Any]) -> list[BaseModel]:
+        import lmforge.data.sources  # noqa: F401  (fills SOURCES; imported here to avoid an import cycle)
+
+        allowed = ", ".join(SOURCES.names())
+        out: list[BaseModel] = []
+        errors: list[dict[str, Any]] = []
+        for i, spec in enumerate(value):
+            if isinstance(spec, BaseModel):
+                spec = spec.model_dump()
+            if not isinstance(spec, dict) or "type" not in spec:
+                errors.append({
+                    "type": PydanticCustomError("source_spec", "must be an object with a 'type' key; allowed types: {allowed}", {"allowed": allowed}),
+                    "loc": (i,), "input": spec,
+                })
+                continue
+            kind = spec["type"]
+            if not isinstance(kind, str) or kind not in SOURCES:
+                errors.append({
+                    "type": PydanticCustomError(
+                        "unknown_source_type", "unknown source type {kind}; allowed: {allowed}", {"kind": repr(kind), "allowed": allowed}
+                    ),
+                    "loc": (i, "type"), "input": kind,
+                })
+                continue
+            config_cls = SOURCES.config_class(kind)
+            try:
+                out.append(config_cls.model_validate(spec))
+            except ValidationError as err:
+                errors.extend(_nested_errors(err, i, config_cls))
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
+
+
+def _nested_errors(err: ValidationError, index: int, config_cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """Re-root a source config's errors under `sources.<index>`; an unknown key also lists the allowed ones."""
+    out = []
+    for e in err.errors():
+        kind: Any = e["type"]
+        if kind == "extra_forbidden":
+            kind = PydanticCustomError("unknown_key", "unknown key; allowed: {allowed}", {"allowed": ", ".join(sorted(config_cls.model_fields))})
+        elif kind in ("value_error", "assertion_error"):
+            kind = PydanticCustomError("source_value", "{message}", {"message": e["msg"].removeprefix("Value error, ")})
+        detail: dict[str, Any] = {"type": kind, "loc": (index, *e["loc"]), "input": e.get("input")}
+        if isinstance(e["type"], str) and e["type"] not in ("extra_forbidden", "value_error", "assertion_error") and "ctx" in e:
+            detail["ctx"] = e["ctx"]
+        out.append(detail)
+    return out

@@ -1,0 +1,105 @@
+"""What every source shares: the document shape, the config base classes, split filtering and skip counts."""
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections import Counter
+from typing import Any, ClassVar, Iterator, TypedDict
+
+from pydantic import Field, model_validator
+
+from lmforge.config_base import Section
+from lmforge.data.config import ValidationConfig
+from lmforge.data.errors import DataError, DataWarning
+from lmforge.data.splits import Split, in_hash_split
+
+# Human wording of the skip counters, used in the one summary warning per pass.
+SKIP_WORDING = {
+    "empty_file": "empty files skipped",
+    "invalid_utf8": "invalid UTF-8 sequences replaced with U+FFFD",
+    "not_json": "lines that are not JSON skipped",
+    "not_object": "lines that are not a JSON object skipped",
+    "missing_field": "lines without a string text field skipped",
+    "empty_text": "empty texts skipped",
+}
+
+
+class Document(TypedDict):
+    text: str
+    source: str
+    eos: bool  # whether the packer appends the tokenizer's end-of-text id after this text
+
+
+class SourceConfig(Section):
+    """Fields every source has; `name` (used in messages and documents) defaults to type:path."""
+
+    type: str
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None and "type" in data:
+            path = data.get("path")
+            shown = ",".join(map(str, path)) if isinstance(path, list) else path
+            data = {**data, "name": f"{data['type']}:{shown}" if shown else str(data["type"])}
+        return data
+
+
+class FileSourceConfig(SourceConfig):
+    path: str | list[str] = Field(description="a file, a folder (recursive), a glob, or a list of them; relative to the current dir")
+
+
+class Source(ABC):
+    """A deterministic, resumable stream of one split's documents; one call of `documents` is one epoch.
+
+    `documents(state)` yields (document, state_after_it); passing that state back resumes right after the
+    document by seeking, without rereading. Documents of the other split are skipped inside the source.
+    """
+
+    supports_tail: ClassVar[bool] = True
+
+    def __init__(self, config: SourceConfig, *, split: Split, validation: ValidationConfig):
+        self.config = config
+        self.name: str = config.name or config.type
+        self.split = split
+        self.validation = validation
+        self.skipped: Counter[str] = Counter()  # totals over every pass, for reports and tests
+        self.first_skip: dict[str, str] = {}  # reason -> where it was first seen
+        if validation.method == "tail" and not self.supports_tail:
+            raise DataError(
+                f"data source {self.name!r} (type {config.type!r}) cannot do validation.method 'tail'; use 'hash'"
+            )
+
+    @property
+    def tail(self) -> bool:
+        return self.validation.method == "tail"
+
+    def keep(self, text: str) -> bool:
+        """Hash-split membership (tail splits are applied by seeking instead)."""
+        return self.tail or in_hash_split(text, self.split, self.validation.fraction)
+
+    def make_document(self, text: str, eos: bool) -> Document:
+        return {"text": text, "source": self.name, "eos": eos}
+
+    def note_skip(self, counts: Counter[str], reason: str, where: str, n: int = 1) -> None:
+        counts[reason] += n
+        self.first_skip.setdefault(reason, where)
+
+    def finish_pass(self, counts: Counter[str]) -> None:
+        """Add this pass's skip counts to the totals and summarise them in one warning."""
+        if not counts:
+            return
+        self.skipped.update(counts)
+        parts = []
+        for reason, n in sorted(counts.items()):
+            where = self.first_skip.get(reason)
+            parts.append(f"{n} {SKIP_WORDING.get(reason, reason)}" + (f" (first at {where})" if where else ""))
+        warnings.warn(f"data source {self.name!r} ({self.split}): " + "; ".join(parts), DataWarning, stacklevel=3)
+
+    def describe_skips(self) -> str:
+        return ", ".join(f"{n} {SKIP_WORDING.get(r, r)}" for r, n in sorted(self.skipped.items())) or "nothing skipped"
+
+    @abstractmethod
+    def documents(self, state: dict | None = None) -> Iterator[tuple[Document, dict]]:
+        """Yield (document, state after it) in a fixed order, starting after `state` (None = from the start)."""

@@ -1,0 +1,45 @@
+"""Train/val membership: a stable per-document hash, or a per-file tail cut like nanoGPT's."""
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO, Literal
+
+Split = Literal["train", "val"]
+HASH_BUCKETS = 1_000_000
+
+
+def hash_split(text: str) -> int:
+    """A bucket in [0, 10^6) from blake2b of the text: the same on every machine, run and Python version."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HASH_BUCKETS
+
+
+def in_hash_split(text: str, split: Split, fraction: float) -> bool:
+    """Whether a document belongs to `split` when a `fraction` of documents is val."""
+    is_val = hash_split(text) < fraction * HASH_BUCKETS
+    return is_val == (split == "val")
+
+
+def tail_cut(f: BinaryIO, size: int, fraction: float) -> int:
+    """Byte offset where a file's val tail starts: int(size * (1 - fraction)), moved onto a UTF-8 character start.
+
+    For ASCII files this is nanoGPT's character cut `int(n * 0.9)` exactly; for other text it is the
+    byte position, which keeps the split streamable without decoding the file up to the cut.
+    """
+    cut = int(size * (1 - fraction))
+    f.seek(cut)
+    ahead = f.read(4)
+    for b in ahead:
+        if b & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            break
+        cut += 1
+    return min(cut, size)
+
+
+def line_start_at_or_after(f: BinaryIO, offset: int) -> int:
+    """The first line start at or after `offset` (so a line-based source never splits a line)."""
+    if offset <= 0:
+        return 0
+    f.seek(offset - 1)
+    f.readline()
+    return f.tell()

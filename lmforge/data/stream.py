@@ -1,0 +1,97 @@
+"""The whole chain for one reader: sources -> shard -> round-robin mix -> tokenize + pack -> shuffle -> batches.
+
+A reader's state is {"mixer": ..., "leftover": tokens, "shuffle": {"rng", "buffer", "exhausted"} | None}.
+After each batch the stream reports an update in which the shuffle part is only a delta (see shuffle.py);
+`merge_reader_state` folds updates into the full state.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from lmforge.data.config import DataConfig
+from lmforge.data.mixer import RoundRobin
+from lmforge.data.packer import IGNORE_INDEX, Packer
+from lmforge.data.sharding import ShardedDocuments
+from lmforge.data.shuffle import ShuffleBuffer, apply_delta
+from lmforge.data.sources.base import Source
+from lmforge.data.splits import Split
+from lmforge.registry import SOURCES
+
+Batch = dict[str, torch.Tensor]
+
+
+def build_sources(cfg: DataConfig, split: Split) -> list[Source]:
+    """One Source per configured entry; raises DataError here for missing paths and the like."""
+    import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
+
+    return [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation) for sc in cfg.sources]
+
+
+def collate(blocks: list[np.ndarray]) -> Batch:
+    """Stack blocks of seq_length + 1 into input_ids/labels [B, seq_length]; padding gets input 0, label -100."""
+    arr = np.stack(blocks)
+    labels = arr[:, 1:]
+    inputs = np.where(labels == IGNORE_INDEX, 0, arr[:, :-1])
+    return {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)), "labels": torch.from_numpy(np.ascontiguousarray(labels))}
+
+
+class ReaderStream:
+    """`loop=True` for train (epochs forever, shuffled); `loop=False` for one padded pass (val)."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        tokenizer: Any,
+        *,
+        seq_length: int,
+        batch_size: int,
+        reader: int,
+        num_readers: int,
+        loop: bool,
+        shuffle_buffer: int,
+        seed: int,
+        state: dict | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.mixer = RoundRobin([ShardedDocuments(s, reader, num_readers, loop) for s in sources])
+        self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop)
+        self.shuffle = ShuffleBuffer(shuffle_buffer, seed, reader) if shuffle_buffer > 0 else None
+        if state is not None:
+            self.packer.load_state_dict({"upstream": state["mixer"], "leftover": state["leftover"]})
+            if self.shuffle is not None and state.get("shuffle") is not None:
+                self.shuffle.load_state_dict(state["shuffle"])
+
+    def _update(self) -> dict:
+        packed = self.packer.state_dict()
+        return {
+            "mixer": packed["upstream"],
+            "leftover": packed["leftover"],
+            "shuffle": self.shuffle.delta() if self.shuffle is not None else None,
+        }
+
+    def batches(self) -> Iterator[tuple[Batch, dict]]:
+        """(batch, state update after it); a finite stream ends with a possibly smaller batch."""
+        blocks = self.packer.blocks(self.mixer.documents)
+        if self.shuffle is not None:
+            blocks = self.shuffle.blocks(blocks)
+        rows: list[np.ndarray] = []
+        for block in blocks:
+            rows.append(block)
+            if len(rows) == self.batch_size:
+                yield collate(rows), self._update()
+                rows = []
+        if rows:
+            yield collate(rows), self._update()
+
+
+def merge_reader_state(full: dict | None, update: dict) -> dict:
+    """The reader's full state after a batch, from the state before it and the batch's update."""
+    shuffle = None
+    if update["shuffle"] is not None:
+        shuffle = apply_delta(full.get("shuffle") if full else None, update["shuffle"])
+    return {"mixer": update["mixer"], "leftover": update["leftover"], "shuffle": shuffle}

@@ -1,0 +1,139 @@
+"""Autoregressive generation for any model: incremental with a cache where the model offers one.
+
+A model with `new_cache(batch_size)` and `step(input_ids, cache)` is decoded
+incrementally: the prompt is prefilled once, then each step feeds one token.
+Any other model (or `use_cache=False`) is re-run on the whole context each
+step. Both paths see the same context window, so they pick the same tokens.
+
+Prompts of different lengths are not left-padded: padding would shift the
+positions RoPE and learned tables see, and need a pad mask in every model.
+Prompts are grouped by length instead; each group is one batch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from lmforge.generation.sampling import SamplingConfig, sample_next
+
+StreamCallback = Callable[[int, int], None]  # (prompt index, token id)
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    sampling: SamplingConfig | None = None,
+    stop_ids: Iterable[int] | None = None,
+    use_cache: bool = True,
+    stream_callback: StreamCallback | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens per prompt, in order.
+
+    A row ends at its first token in `stop_ids`, which is not returned.
+    `stream_callback(prompt_index, token_id)` is called for each returned token
+    as soon as it is chosen. Once a context outgrows the model's `block_size`,
+    only its last `block_size` tokens are seen (the cache is re-prefilled with
+    them each step, which then costs what a cacheless step does). Runs under
+    `torch.inference_mode()` in eval mode; the caller may wrap it in autocast.
+    """
+    sampling = sampling or SamplingConfig()
+    prompts = _as_lists(prompt_ids)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: give at least one token (e.g. a BOS/EOS id)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    stops = set(stop_ids or ())
+    device = next(model.parameters()).device
+    generator = None if sampling.seed is None else torch.Generator(device=device).manual_seed(sampling.seed)
+
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+
+    results: list[list[int]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for rows in by_length.values():
+                ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)  # (B, T)
+                emit = None if stream_callback is None else (lambda b, tok, rows=rows: stream_callback(rows[b], tok))
+                new = _generate_batch(model, ids, max_new_tokens, sampling, stops, use_cache, generator, emit)
+                for i, tokens in zip(rows, new):
+                    results[i] = tokens
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _generate_batch(
+    model: nn.Module,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    stops: set[int],
+    use_cache: bool,
+    generator: torch.Generator | None,
+    emit: StreamCallback | None,
+) -> list[list[int]]:
+    """Decode one batch of equal-length prompts ids (B, T)."""
+    B = ids.size(0)
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    context = _CachedContext(model, B) if use_cache and hasattr(model, "new_cache") and hasattr(model, "step") else None
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for _ in range(max_new_tokens):
+        if context is not None:
+            logits = context.next_logits(ids)  # (B, V)
+        else:
+            window = ids if block_size is None else ids[:, -block_size:]
+            logits = model(window).logits[:, -1]  # (B, V)
+        next_ids = sample_next(logits, ids, sampling, generator)  # (B,)
+        ids = torch.cat([ids, next_ids[:, None]], dim=1)  # (B, T+1)
+        for b, tok in enumerate(next_ids.tolist()):
+            if done[b]:
+                continue
+            if tok in stops:
+                done[b] = True
+                continue
+            out[b].append(tok)
+            if emit is not None:
+                emit(b, tok)
+        if all(done):
+            break
+    return out
+
+
+class _CachedContext:
+    """Feeds a growing sequence to a model's cache: only tokens it hasn't seen, re-prefilling when full."""
+
+    def __init__(self, model: nn.Module, batch_size: int):
+        self.model = model
+        self.cache = model.new_cache(batch_size)
+        self.fed = 0  # how many leading tokens of the sequence the model has seen
+
+    def next_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Last-position logits (B, V) for the sequence ids (B, L)."""
+        new = ids.size(1) - self.fed
+        if self.cache.length + new > self.cache.max_len:
+            # Out of room: restart from the last max_len tokens, the window a cacheless model would see.
+            self.cache.reset()
+            window = ids[:, -self.cache.max_len :]
+        else:
+            window = ids[:, self.fed :]
+        self.fed = ids.size(1)
+        return self.model.step(window, self.cache).logits[:, -1]
+
+
+def _as_lists(prompt_ids: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
+    """Prompts as lists of ints: a (B, T) tensor, a single (T,) tensor, or a list of token lists."""
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() not in (1, 2):
+            raise ValueError(f"prompt_ids tensor must be (T,) or (B, T), got shape {tuple(prompt_ids.shape)}")
+        rows = prompt_ids.tolist()
+        return [rows] if prompt_ids.dim() == 1 else rows
+    return [[int(t) for t in p] for p in prompt_ids]

@@ -1,0 +1,236 @@
+"""A decoder-only GPT: nanoGPT's model with the common modern options (RoPE, RMSNorm, SwiGLU, GQA).
+
+`forward(input_ids, cache=None)` returns a `ModelOutput`; `step` is the same
+call with a `KVCache`, which is the hook `lmforge.generation` uses.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from lmforge.config_base import Section
+from lmforge.models.flops import flops_per_token
+from lmforge.models.layers import (
+    Block,
+    CausalSelfAttention,
+    KVCache,
+    RotaryEmbedding,
+    build_mlp,
+    build_norm,
+    swiglu_hidden_dim,
+)
+from lmforge.models.output import ModelOutput
+from lmforge.registry import MODELS
+
+
+class GPTConfig(Section):
+    """The `model` section of a preset for `arch: gpt`. Defaults are a tiny CPU-sized Llama-style model."""
+
+    arch: Literal["gpt"] = Field("gpt", description="registered model name")
+    vocab_size: int | None = Field(None, ge=1, description="token count; None = taken from the tokenizer by the trainer")
+    n_layer: int = Field(4, ge=1, description="transformer blocks")
+    n_head: int = Field(4, ge=1, description="query heads per attention layer")
+    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (GQA); must divide n_head; None = n_head")
+    n_embd: int = Field(128, ge=1, description="residual width; divisible by n_head")
+    block_size: int = Field(256, ge=1, description="maximum context length in tokens")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residual branches")
+    bias: bool = Field(False, description="biases in Linear layers and LayerNorm")
+    pos_embedding: Literal["rope", "learned"] = Field("rope", description="rotary (RoPE) or a learned position table")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base: larger = slower-rotating low frequencies")
+    rope_scale: float = Field(
+        1.0, gt=0, le=1,
+        description="RoPE position multiplier (position interpolation); extend_max_seq_len sets it, 1 = none",
+    )
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="normalization layer")
+    mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="feed-forward type")
+    mlp_ratio: float = Field(
+        4.0, gt=0,
+        description="MLP width / n_embd for gelu; swiglu uses 2/3 of that (same parameter count), rounded up to multiple_of",
+    )
+    multiple_of: int = Field(64, ge=1, description="round the swiglu hidden width up to a multiple of this")
+    tie_embeddings: bool = Field(True, description="lm_head shares the token embedding matrix")
+    norm_eps: float = Field(1e-5, gt=0, description="epsilon of every norm")
+    init_std: float = Field(0.02, gt=0, description="std of the normal init (residual projections get /sqrt(2*n_layer))")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "GPTConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise ValueError(f"pos_embedding 'rope' needs an even head size n_embd/n_head (got {self.head_dim})")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        if self.mlp == "gelu":
+            return int(self.mlp_ratio * self.n_embd)
+        return swiglu_hidden_dim(self.n_embd, self.mlp_ratio, self.multiple_of)
+
+
+@MODELS.register("gpt", config=GPTConfig)
+class GPT(nn.Module):
+    """Token embedding -> (learned positions) -> blocks -> final norm -> lm_head.
+
+    The model keeps its own copy of the config: `extend_max_seq_len` updates
+    `model.config`, and building a fresh GPT from that config gives the same
+    shapes and rotary tables, so its checkpoints load.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size is not set: the trainer fills it from the tokenizer; set it when building by hand")
+        self.config = config = config.model_copy(deep=True)
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wpe = nn.Embedding(config.block_size, C) if config.pos_embedding == "learned" else None
+        self.rotary = (
+            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta, config.rope_scale)
+            if config.pos_embedding == "rope" else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(self._make_block(i) for i in range(config.n_layer))
+        self.ln_f = build_norm(config.norm, C, config.norm_eps, config.bias)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix: saves V*C params, and tends to help small models
+        self.apply(self._init_weights)
+        # GPT-2: each residual branch adds variance, so scale its output projection by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def _make_block(self, i: int) -> Block:
+        c = self.config
+        return Block(
+            attn=CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout),
+            mlp=build_mlp(c.mlp, c.n_embd, c.mlp_hidden_dim, c.bias, c.dropout),
+            ln_1=build_norm(c.norm, c.n_embd, c.norm_eps, c.bias),
+            ln_2=build_norm(c.norm, c.n_embd, c.norm_eps, c.bias),
+        )
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+        """Logits for every position of input_ids (B, T); with a cache, T new tokens after the cached ones."""
+        B, T = input_ids.shape
+        offset = cache.length if cache is not None else 0
+        if offset + T > self.config.block_size:
+            raise ValueError(f"sequence of {offset + T} tokens exceeds block_size ({self.config.block_size})")
+        x = self.wte(input_ids)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(offset, offset + T, device=input_ids.device))  # (T, C) broadcast
+        rope = self.rotary(offset, T) if self.rotary is not None else None  # (T, hs/2) x2
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache)  # (B, T, C)
+        if cache is not None:
+            cache.advance(T)
+        h = self.ln_f(x)  # (B, T, C)
+        return ModelOutput(logits=self.lm_head(h), hidden_states=h, cache=cache)  # logits (B, T, V)
+
+    def step(self, input_ids: torch.Tensor, cache: KVCache) -> ModelOutput:
+        """One incremental decoding step: `forward` with a cache (the generation hook every arch provides)."""
+        return self(input_ids, cache=cache)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """An empty KV cache for up to `max_len` (default block_size) positions, on the weights' dtype/device."""
+        c = self.config
+        max_len = min(max_len or c.block_size, c.block_size)
+        ref = self.wte.weight
+        return KVCache(
+            c.n_layer, batch_size, c.kv_heads, max_len, c.head_dim,
+            dtype=dtype or ref.dtype, device=device if device is not None else ref.device,
+        )
+
+    # ------------------------------------------------------------------ accounting
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied head counts once); optionally without token/position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token at context `seq_len` (see `lmforge.models.flops.flops_per_token`)."""
+        return flops_per_token(self.config, self.num_params(exclude_embeddings=True), seq_len)
+
+    def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """nanoGPT's rule: decay every parameter with dim >= 2 (Linear and embedding matrices), never
+        biases or norm gains (dim 1), whose decay would only pull scales and offsets toward zero."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    # ------------------------------------------------------------------ context extension
+
+    @torch.no_grad()
+    def extend_max_seq_len(self, new_block_size: int, interpolate: bool = True) -> None:
+        """Grow the context to `new_block_size` tokens (call before building the optimizer: params may be replaced).
+
+        - learned positions, interpolate=True: the table is resampled linearly
+          along positions, so the new first and last rows equal the old ones and
+          row i is the old table at i * (old-1)/(new-1) (seed 002's extension).
+          interpolate=False keeps the old rows and initializes the new ones.
+        - rope, interpolate=True: linear position interpolation (Chen et al.
+          2023, "Extending Context Window of Large Language Models via
+          Positional Interpolation"): positions are multiplied by old/new, so
+          the model only sees rotation angles it was trained on; a short
+          fine-tune then adapts it. interpolate=False just extends the rotary
+          tables (plain extrapolation to unseen angles).
+
+        `config.block_size` (and `config.rope_scale` for rope) are updated.
+        """
+        old = self.config.block_size
+        if new_block_size < old:
+            raise ValueError(f"new_block_size ({new_block_size}) is smaller than block_size ({old})")
+        if new_block_size == old:
+            return
+        if self.wpe is not None:
+            w = self.wpe.weight  # (old, C)
+            if interpolate:
+                grown = F.interpolate(w.float().T.unsqueeze(0), size=new_block_size, mode="linear", align_corners=True)
+                grown = grown.squeeze(0).T.to(w.dtype)  # (new, C)
+            else:
+                grown = torch.empty(new_block_size, w.size(1), dtype=w.dtype, device=w.device)
+                nn.init.normal_(grown, mean=0.0, std=self.config.init_std)
+                grown[:old] = w
+            self.wpe = nn.Embedding(new_block_size, w.size(1), device=w.device, dtype=w.dtype)
+            self.wpe.weight.copy_(grown)
+        else:
+            if interpolate:
+                self.config.rope_scale = self.config.rope_scale * old / new_block_size
+            self.rotary.resize(new_block_size, self.config.rope_scale)
+        self.config.block_size = new_block_size

@@ -1,0 +1,243 @@
+"""Transformer building blocks: norms, rotary positions, attention with a KV cache, MLPs, the block.
+
+Each module does one job and takes plain numbers, not a run config, so other
+architectures (and layer swaps that replace `nn.Linear`s) can reuse them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): LayerNorm without centring or bias; one fused kernel."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def build_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
+    """`rmsnorm` or `layernorm` (the latter with a bias only when the model uses biases)."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    raise ValueError(f"unknown norm {kind!r}; allowed: rmsnorm, layernorm")
+
+
+# ---------------------------------------------------------------------------- rotary positions
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021) with precomputed cos/sin tables.
+
+    The tables are non-persistent buffers: they are a pure function of
+    (head_dim, theta, scale, length), so checkpoints don't carry them and
+    `resize` can rebuild them for a longer context. `scale` < 1 multiplies
+    positions (linear position interpolation, Chen et al. 2023), so a model
+    trained on L positions sees positions in [0, L) again at length L/scale.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0, scale: float = 1.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embedding needs an even head_dim (got {head_dim})")
+        self.head_dim, self.theta = head_dim, theta
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.resize(max_len, scale)
+
+    def resize(self, max_len: int, scale: float = 1.0) -> None:
+        """(Re)build the cos/sin tables for positions 0..max_len-1, each multiplied by `scale`."""
+        self.max_len, self.scale = max_len, scale
+        positions = torch.arange(max_len, dtype=torch.float32, device=self.inv_freq.device) * scale
+        freqs = torch.outer(positions, self.inv_freq.float())  # (L, hs/2)
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, offset: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions offset..offset+length-1, each (T, hs/2)."""
+        if offset + length > self.max_len:
+            raise ValueError(f"position {offset + length - 1} is beyond the rotary table ({self.max_len} positions)")
+        return self.cos[offset : offset + length], self.sin[offset : offset + length]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hs/2) of x (B, nh, T, hs) by the angles behind cos/sin (T, hs/2)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # stay in x's dtype: no upcast under bf16 autocast
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+# ---------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Preallocated keys/values of every layer, so each decoding step costs O(T) instead of O(T^2).
+
+    `length` counts the positions already stored. Layers write their new
+    keys/values at [length, length + T) through `update`; the model calls
+    `advance(T)` once after all layers, so every layer sees the same offset.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]  # (B, nkv, L, hs) each
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nkv, T, hs) after the cached positions; return all keys/values (B, nkv, length+T, hs)."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {self.length} + {k.size(2)} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused, not zeroed: `length` bounds what is read)."""
+        self.length = 0
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention with grouped-query KV heads (GQA; n_kv_head == 1 is MQA).
+
+    One fused projection makes q, k and v (fewer kernels than three Linears);
+    `F.scaled_dot_product_attention` picks the flash/efficient/math kernel.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, layer_idx: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.layer_idx = layer_idx  # which slot of a KVCache this layer owns
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.size()
+        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        offset = 0
+        if cache is not None:
+            offset = cache.length
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, offset+T, hs)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # an fp32 cache read under bf16 autocast
+        # is_causal aligns the mask top-left, which is right only when queries and keys start together.
+        # With cached keys: one query sees everything; several need the mask shifted by the offset.
+        mask = None
+        if offset > 0 and T > 1:
+            mask = torch.ones(T, offset + T, dtype=torch.bool, device=q.device).tril(diagonal=offset)  # (T, offset+T)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=offset == 0 and T > 1,
+            enable_gqa=nkv != nh,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ---------------------------------------------------------------------------- MLPs
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's MLP: Linear -> GELU -> Linear."""
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP silu(x W1) * (x W3) -> W2 (Shazeer 2020), with W1 and W3 fused into one matmul."""
+
+    def __init__(self, n_embd: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, H) each
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+def build_mlp(kind: str, n_embd: int, hidden: int, bias: bool, dropout: float) -> nn.Module:
+    if kind == "swiglu":
+        return SwiGLU(n_embd, hidden, bias, dropout)
+    if kind == "gelu":
+        return GeluMLP(n_embd, hidden, bias, dropout)
+    raise ValueError(f"unknown mlp {kind!r}; allowed: swiglu, gelu")
+
+
+def swiglu_hidden_dim(n_embd: int, mlp_ratio: float, multiple_of: int) -> int:
+    """2/3 of the GELU width, so SwiGLU's three matrices cost what GELU's two do; rounded up for matmul tiles."""
+    hidden = int(2 * mlp_ratio * n_embd / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+# ---------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, attn: CausalSelfAttention, mlp: nn.Module, ln_1: nn.Module, ln_2: nn.Module):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))

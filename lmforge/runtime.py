@@ -1,0 +1,219 @@
+"""The one place that decides device, precision, compile and distributed setup.
+
+Everything else receives a `Runtime` and asks it (`runtime.autocast()`,
+`runtime.device`, ...) instead of inspecting the hardware itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterator, Literal
+
+import torch
+import torch.distributed as dist
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+# Width from which bf16 autocast pays on a CPU with AMX. Measured by
+# bench/throughput.py on a 2-core AVX-512+AMX machine: at n_embd 128 the casts
+# and small ops around the matmuls cost more than AMX saves (bf16 ~0.8x fp32);
+# from 256 on, bf16 wins (see README "Throughput").
+CPU_BF16_MIN_WIDTH = 256
+
+
+@lru_cache(maxsize=1)
+def cpu_has_amx_or_avx512_bf16() -> bool:
+    """True when the CPU has native bf16 matmul units (AMX-BF16 or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+@dataclass
+class Runtime:
+    """Resolved device/precision/distributed facts for one process."""
+
+    device: torch.device
+    precision: Literal["bf16", "fp16", "fp32"]
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    compile: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op in fp32)."""
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 needs loss scaling; bf16 and fp32 don't (the scaler is then disabled)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def fused_adamw_supported(self) -> bool:
+        return self.device.type in ("cuda", "cpu", "mps")
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def memory_stats(self) -> dict[str, float]:
+        """Peak accelerator memory in GiB, or the process's max RSS on CPU."""
+        if self.device.type == "cuda":
+            return {"mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        try:
+            import resource
+
+            return {"mem_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        except (ImportError, OSError):
+            return {}
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's value on every rank (used for the interactive preset choice)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def shutdown(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _pick_device(requested: str) -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _pick_precision(requested: Precision, device: torch.device, model_width: int | None, notes: list[str]) -> str:
+    if requested != "auto":
+        if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("train.precision 'bf16' is not supported on this GPU; use 'fp16' or 'auto'")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_amx_or_avx512_bf16():
+        if model_width is not None and model_width < CPU_BF16_MIN_WIDTH:
+            notes.append(f"precision fp32: width {model_width} < {CPU_BF16_MIN_WIDTH}, where bf16 does not pay on CPU")
+            return "fp32"
+        return "bf16"
+    return "fp32"
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, int]:
+    """Join the process group torchrun describes in the environment; (rank, local_rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10), **kwargs)
+    return rank, local_rank, world
+
+
+def setup_runtime(
+    device: str = "auto",
+    precision: Precision = "auto",
+    compile: bool = False,
+    model_width: int | None = None,
+    deterministic: bool = False,
+) -> Runtime:
+    """Resolve the runtime once per process; pass the result down."""
+    notes: list[str] = []
+    dev = _pick_device(device)
+    rank, local_rank, world = init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on Ampere+: ~free speed for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    prec = _pick_precision(precision, dev, model_width, notes)
+    if compile and dev.type == "mps":
+        notes.append("torch.compile is not used on mps")
+        compile = False
+    return Runtime(dev, prec, rank, local_rank, world, compile, notes)
+
+
+# Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by device-name fragment.
+# From the vendors' data sheets; MFU on these is tokens/s * FLOPs/token / peak.
+_CUDA_PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def lookup_cuda_peak_flops(name: str) -> float | None:
+    for key, value in _CUDA_PEAK_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def measure_matmul_peak_flops(runtime: Runtime, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N square matmul throughput in the runtime's compute dtype: the MFU denominator on CPUs."""
+    import time
+
+    dtype = runtime.autocast_dtype or torch.float32
+    a = torch.randn(size, size, device=runtime.device, dtype=dtype)
+    b = torch.randn(size, size, device=runtime.device, dtype=dtype)
+    a @ b  # warm-up: kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        runtime.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        runtime.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def peak_flops(runtime: Runtime, override: float | None = None) -> float:
+    """The peak MFU is measured against: the user's number, a data-sheet value, or a probe."""
+    if override:
+        return override
+    if runtime.device.type == "cuda":
+        found = lookup_cuda_peak_flops(torch.cuda.get_device_name(runtime.device))
+        if found:
+            return found
+    return measure_matmul_peak_flops(runtime)

@@ -1,0 +1,45 @@
+"""Hooks into the loop for users and recipes; the loop calls every method of every callback."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmforge.training.trainer import Trainer, TrainResult
+
+
+class Callback:
+    """Override what you need; each method gets the trainer and plain-float metrics."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", step: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_eval(self, trainer: "Trainer", step: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_save(self, trainer: "Trainer", step: int, slot: str) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop when validation loss has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+        self.best = float("inf")
+        self.bad_evals = 0
+
+    def on_eval(self, trainer: "Trainer", step: int, metrics: dict[str, Any]) -> None:
+        loss = metrics["val_loss"]
+        if loss < self.best - self.min_delta:
+            self.best, self.bad_evals = loss, 0
+        else:
+            self.bad_evals += 1
+            if self.bad_evals >= self.patience:
+                trainer.request_stop(f"early stopping: no val_loss improvement for {self.patience} evaluations")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]

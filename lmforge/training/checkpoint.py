@@ -1,0 +1,221 @@
+"""Crash-safe rolling checkpoints: `lm_current`, `lm_prev`, `lm_prev2`, and `best`.
+
+A slot is a folder holding `model.safetensors` (weights), `state.pt` (optimizer,
+schedule, RNG, data position, counters: loads with `torch.load(weights_only=True)`)
+and `meta.json`, written last, which records the step and each file's size and
+SHA-256. A slot without a matching `meta.json` is not a checkpoint.
+
+Rotation never lowers the number of whole checkpoints on disk: the new slot is
+written and fsynced under a temporary name first, the oldest slot is renamed
+aside (not deleted) before the others shift, and it is deleted only once the
+new `lm_current` is in place. Loading scans every slot name this module ever
+writes, newest step first, and falls back past any slot that fails to verify.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROLLING = ("lm_current", "lm_prev", "lm_prev2")
+BEST = "best"
+_NEXT, _OLD = "lm_next", "lm_old"
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A slot that cannot be trusted (missing file, wrong size or hash, unreadable)."""
+
+
+@dataclass
+class Checkpoint:
+    slot: str
+    path: Path
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    train_state: dict[str, Any]
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with tied tensors stored once (safetensors refuses shared storage)."""
+    seen: dict[tuple, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def write_slot(directory: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write one complete slot folder; `meta.json` goes last and marks it whole."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    save_file(model_state, str(directory / MODEL_FILE), metadata={"format": "pt"})
+    torch.save(train_state, directory / STATE_FILE)
+    files = {}
+    for name in (MODEL_FILE, STATE_FILE):
+        _fsync_path(directory / name)
+        files[name] = {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+    meta = {**meta, "files": files, "saved_at": time.time()}
+    tmp = directory / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    _fsync_path(tmp)
+    os.replace(tmp, directory / META_FILE)
+    _fsync_path(directory)
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory.name}: no readable {META_FILE} ({err})") from None
+    for name, info in meta.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory.name}: {name} is missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise CheckpointError(f"{directory.name}: {name} is {size} bytes, expected {info['bytes']} (truncated?)")
+    return meta
+
+
+def read_slot(directory: Path, verify_hash: bool = True) -> Checkpoint:
+    meta = read_meta(directory)
+    if verify_hash:
+        for name, info in meta["files"].items():
+            if _sha256(directory / name) != info["sha256"]:
+                raise CheckpointError(f"{directory.name}: {name} does not match its SHA-256 (corrupt)")
+    try:
+        model_state = load_file(str(directory / MODEL_FILE))
+        train_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors/zip errors have many types; any of them means "unusable"
+        raise CheckpointError(f"{directory.name}: cannot load ({type(err).__name__}: {err})") from None
+    return Checkpoint(directory.name, directory, meta, model_state, train_state)
+
+
+class CheckpointManager:
+    """Rolling and best slots under `<run_dir>/checkpoints`."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def _slot(self, name: str) -> Path:
+        return self.directory / name
+
+    def save_rolling(self, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._finish_rotation()  # a save killed mid-rotation is completed first, so nothing newer is lost
+        write_slot(self._slot(_NEXT), model_state, train_state, meta)
+        self._finish_rotation()
+        return self._slot(ROLLING[0])
+
+    def _finish_rotation(self) -> None:
+        """Shift slots down one place, moving each only into an empty name, then promote lm_next.
+
+        Each step is a single rename, and the displaced oldest slot is kept as lm_old until the
+        new lm_current is in place; rerunning this after a kill at any point completes the rotation.
+        """
+        nxt, old = self._slot(_NEXT), self._slot(_OLD)
+        cur, prev, prev2 = (self._slot(n) for n in ROLLING)
+        if nxt.exists():
+            try:
+                read_meta(nxt)
+            except CheckpointError:
+                shutil.rmtree(nxt)  # a write that never finished: not a checkpoint
+        if nxt.exists():
+            if cur.exists():
+                if prev.exists():
+                    if prev2.exists():
+                        if old.exists():
+                            shutil.rmtree(old)
+                        os.replace(prev2, old)
+                    os.replace(prev, prev2)
+                os.replace(cur, prev)
+            os.replace(nxt, cur)
+            _fsync_path(self.directory)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def save_named(self, name: str, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """A non-rolling slot such as `best` or a milestone: replaced whole, never half-written."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target, tmp, old = self._slot(name), self._slot(name + ".next"), self._slot(name + ".old")
+        write_slot(tmp, model_state, train_state, meta)
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_path(self.directory)
+        if old.exists():
+            shutil.rmtree(old)
+        return target
+
+    def candidates(self) -> list[tuple[int, Path]]:
+        """Every slot with a readable meta.json among the rolling names (and mid-rotation ones), newest first."""
+        found = []
+        for name in (*ROLLING, _NEXT, _OLD):
+            path = self._slot(name)
+            if not path.is_dir():
+                continue
+            try:
+                meta = read_meta(path)
+            except CheckpointError as err:
+                warnings.warn(f"checkpoint slot skipped: {err}", stacklevel=2)
+                continue
+            found.append((int(meta["step"]), path))
+        order = {n: i for i, n in enumerate((_NEXT, *ROLLING, _OLD))}
+        return sorted(found, key=lambda t: (-t[0], order[t[1].name]))
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest slot that loads; a bad one is skipped with a warning naming why."""
+        for _, path in self.candidates():
+            try:
+                return read_slot(path)
+            except CheckpointError as err:
+                warnings.warn(f"checkpoint {path.name} is unusable, falling back to an older one: {err}", stacklevel=2)
+        return None
+
+    def load(self, name: str) -> Checkpoint:
+        path = self._slot(name)
+        if not path.is_dir():
+            have = sorted(p.name for p in self.directory.iterdir() if p.is_dir()) if self.directory.is_dir() else []
+            raise CheckpointError(f"no checkpoint slot {name!r} in {self.directory}; present: {', '.join(have) or 'none'}")
+        return read_slot(path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, fsync, rename: a kill leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    _fsync_path(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,29 @@
+"""Text samples from the model being trained, printed and saved under `<run_dir>/samples/`."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lmforge.generation import SamplingConfig, generate
+
+if TYPE_CHECKING:
+    from lmforge.training.trainer import Trainer
+
+
+def write_samples(trainer: "Trainer", print_them: bool) -> list[str]:
+    cfg = trainer.preset.samples
+    tok = trainer.tokenizer
+    sampling = SamplingConfig(
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size, seed=trainer.preset.train.seed,
+    )
+    texts = []
+    for prompt in cfg.prompts:
+        ids = tok.encode(prompt) or [tok.eos_id if tok.eos_id is not None else 0]
+        with trainer.runtime.autocast():
+            out = generate(trainer.model, [ids], cfg.max_new_tokens, sampling)
+        texts.append(prompt + tok.decode(out[0]))
+    body = "\n\n----------\n\n".join(texts)
+    (trainer.run_dir / "samples" / f"step_{trainer.step:07d}.txt").write_text(body + "\n")
+    if print_them:
+        print(f"\n===== samples at step {trainer.step} =====\n{body}\n=====", flush=True)
+    return texts

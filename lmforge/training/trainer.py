@@ -1,0 +1,388 @@
+"""The one training loop. It knows plug points, not recipes.
+
+setup -> resume -> repeat(train_step, log, eval, sample, save) -> final save.
+Everything recipe-specific arrives through the registries: the model by `arch`,
+the objective by name, the LR schedule, gradient filters and layer swaps.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lmforge.config import Preset
+from lmforge.data import DataPipeline, build_tokenizer, build_val_batches, iter_texts
+from lmforge.evaluation import evaluate_lm
+from lmforge.models import build_model
+from lmforge.objectives import StepContext
+from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, OBJECTIVES
+from lmforge.runtime import Runtime, peak_flops, setup_runtime
+from lmforge.training import run_dir as run_dir_lib
+from lmforge.training.callbacks import Callback, EarlyStopping
+from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_save, unique_state_dict
+from lmforge.training.metrics import MetricsLogger
+from lmforge.training.optim import build_optimizer
+from lmforge.training.samples import write_samples
+from lmforge.training.schedules import build_schedule
+from lmforge.training.state import load_model_state, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_loss: float | None
+    last_val: dict[str, float] = field(default_factory=dict)
+    best_val_loss: float | None = None
+    stop_reason: str = "completed"
+    elapsed: float = 0.0
+    resumed_from: int | None = None
+
+
+class Trainer:
+    """Builds a run from a preset and trains it; `fit()` is the whole job."""
+
+    def __init__(self, preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = (), runtime: Runtime | None = None):
+        self.preset = preset
+        tc = preset.train
+        width = getattr(preset.model, "n_embd", None)
+        self.runtime = runtime or setup_runtime(tc.device, tc.precision, tc.compile, width, tc.deterministic)
+        rt = self.runtime
+        self.run_dir = Path(run_dir) if run_dir else run_dir_lib.default_run_dir(preset)
+        if rt.is_main:
+            run_dir_lib.prepare(self.run_dir)
+        rt.barrier()
+        self.callbacks: list[Callback] = list(callbacks)
+        if tc.early_stopping_patience:
+            self.early_stopping = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta)
+            self.callbacks.append(self.early_stopping)
+        else:
+            self.early_stopping = None
+        self._stop_reason: str | None = None
+
+        # Tokenizer: built (or trained) once by rank 0, saved in the run dir, loaded by everyone.
+        # A char vocab covers all the data, as nanoGPT's does; BPE is trained on the train split only.
+        data_cfg = preset.data
+        vocab_split = "all" if data_cfg.tokenizer.type == "char" else "train"
+
+        def texts():
+            return iter_texts(data_cfg, vocab_split, data_cfg.tokenizer.train_chars)
+
+        if rt.is_main:
+            self.tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+        rt.barrier()
+        if not rt.is_main:
+            self.tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+
+        # Model: same init on every rank (DDP also broadcasts rank 0's weights).
+        mcfg = preset.model
+        if getattr(mcfg, "vocab_size", "absent") is None:
+            mcfg.vocab_size = self.tokenizer.vocab_size
+        elif getattr(mcfg, "vocab_size", None) is not None and mcfg.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the tokenizer's ({self.tokenizer.vocab_size})")
+        if rt.is_main:
+            run_dir_lib.save_preset(self.run_dir, preset)
+        self.seq_length = data_cfg.seq_length or mcfg.block_size
+        if self.seq_length > mcfg.block_size:
+            raise ValueError(f"data.seq_length ({self.seq_length}) exceeds model.block_size ({mcfg.block_size})")
+        seed_everything(tc.seed)
+        model = build_model(mcfg)
+        for swap in preset.layer_swaps:
+            model = LAYER_SWAPS.get(swap.name)(model, swap)
+        self.model = model.to(rt.device)
+        self.objective = OBJECTIVES.get(preset.objective.name)(preset.objective)
+        self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
+        self.optimizer = build_optimizer(self.model, tc, rt)
+        self.scaler = rt.grad_scaler()
+
+        self.tokens_per_step = tc.batch_size * self.seq_length * tc.grad_accum_steps * rt.world_size
+        self.total_steps = tc.max_steps or math.ceil(tc.train_tokens / self.tokens_per_step)
+        self.lr_multiplier = build_schedule(tc.lr_schedule, self.total_steps)
+
+        self.train_data = DataPipeline(
+            data_cfg, self.tokenizer, split="train", batch_size=tc.batch_size, seq_length=self.seq_length,
+            rank=rt.rank, world_size=rt.world_size,
+        )
+        self.val_batches = build_val_batches(
+            data_cfg, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
+            max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size,
+        )
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
+        self.metrics = MetricsLogger(self.run_dir, enabled=rt.is_main, tensorboard=tc.tensorboard)
+        self.step = 0
+        self.tokens = 0
+        self.elapsed_before = 0.0
+        self.best_val_loss: float | None = None
+        self.last_val: dict[str, float] = {}
+        self.resumed_from: int | None = None
+        self.flops_per_token = self.model.flops_per_token(self.seq_length) if hasattr(self.model, "flops_per_token") else None
+        self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
+
+    # ------------------------------------------------------------------ state
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, save, and return from fit()."""
+        self._stop_reason = self._stop_reason or reason
+
+    def _component_states(self) -> dict[str, Any]:
+        return {
+            "grad_filters": [f.state_dict() for f in self.grad_filters],
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+        }
+
+    def _train_state(self) -> dict[str, Any]:
+        """Optimizer, scaler, counters, and per-rank RNG + data position gathered onto rank 0."""
+        local = {"rng": rng_state(), "data": self.train_data.state_dict()}
+        per_rank = [local]
+        if self.runtime.distributed:
+            import torch.distributed as dist
+
+            per_rank = [None] * self.runtime.world_size
+            dist.all_gather_object(per_rank, local)
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self._elapsed(),
+            "best_val_loss": self.best_val_loss,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ranks": per_rank,
+            **self._component_states(),
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "tokens": self.tokens, "preset": self.preset.name, "arch": self.preset.model.arch,
+            "val_loss": self.last_val.get("val_loss"), "world_size": self.runtime.world_size,
+        }
+
+    def save(self, slot: str = "rolling") -> None:
+        state = self._train_state()  # collective under DDP: every rank takes part
+        if self.runtime.is_main:
+            weights = unique_state_dict(self.model)
+            if slot == "rolling":
+                self.checkpoints.save_rolling(weights, state, self._meta())
+                if self.preset.train.legacy_weights_file:
+                    atomic_torch_save(weights, self.run_dir / self.preset.train.legacy_weights_file)
+            else:
+                self.checkpoints.save_named(slot, weights, state, self._meta())
+        self.runtime.barrier()
+        for cb in self.callbacks:
+            cb.on_save(self, self.step, slot)
+
+    def resume(self) -> bool:
+        """Load the newest loadable rolling checkpoint, if any; return whether one was found."""
+        ckpt = self.checkpoints.load_latest()
+        if ckpt is None:
+            return False
+        st = ckpt.train_state
+        if len(st["ranks"]) != self.runtime.world_size:
+            raise RuntimeError(
+                f"checkpoint {ckpt.slot} was written by {len(st['ranks'])} processes; resume it with the same number "
+                f"(this run has {self.runtime.world_size})"
+            )
+        load_model_state(self.model, ckpt.model_state)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.step, self.tokens, self.elapsed_before = st["step"], st["tokens"], st["elapsed"]
+        self.best_val_loss = st["best_val_loss"]
+        for f, s in zip(self.grad_filters, st["grad_filters"]):
+            f.load_state_dict(s)
+        if self.early_stopping and st.get("early_stopping"):
+            self.early_stopping.load_state_dict(st["early_stopping"])
+        mine = st["ranks"][self.runtime.rank]
+        self.train_data.load_state_dict(mine["data"])
+        set_rng_state(mine["rng"])
+        self.metrics.truncate_after(self.step)
+        self.resumed_from = self.step
+        if self.runtime.is_main:
+            print(f"resumed from {ckpt.slot} at step {self.step} ({self.tokens:,} tokens)", file=sys.stderr)
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self._t_start)
+
+    def _install_signal_handlers(self) -> contextlib.AbstractContextManager:
+        """SIGTERM/SIGINT ask for a graceful stop that saves; only possible on the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return contextlib.nullcontext()
+
+        def handler(signum, frame):
+            self.request_stop(f"signal {signal.Signals(signum).name}")
+
+        @contextlib.contextmanager
+        def installed():
+            old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+        return installed()
+
+    def wrapped_model(self) -> torch.nn.Module:
+        """The module the step runs: compiled and/or DDP-wrapped; `self.model` stays the raw one we save."""
+        rt = self.runtime
+        model: torch.nn.Module = self.model
+        if rt.compile:
+            model = torch.compile(model)
+        if rt.distributed:
+            model = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+        return model
+
+    def train_step(self, model: torch.nn.Module, data_iter) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """One optimizer step over `grad_accum_steps` micro-batches; returns detached loss and metrics."""
+        rt, tc = self.runtime, self.preset.train
+        accum = tc.grad_accum_steps
+        ctx = StepContext(self.step, self.total_steps)
+        total_loss = torch.zeros((), device=rt.device)
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batch = {k: v.to(rt.device, non_blocking=True) for k, v in next(data_iter).items()}
+            last = micro == accum - 1
+            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+            with sync:
+                with rt.autocast():
+                    loss, metrics = self.objective(model, batch, ctx)
+                self.scaler.scale(loss / accum).backward()
+            total_loss += loss.detach() / accum
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32).detach() / accum
+        self.scaler.unscale_(self.optimizer)
+        for f in self.grad_filters:
+            f(self.model)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, sums, grad_norm
+
+    def evaluate(self) -> dict[str, float]:
+        tok = self.tokenizer
+        return evaluate_lm(self.model, self.val_batches, self.runtime, tok.token_byte_lengths(), tok.token_char_lengths())
+
+    def fit(self) -> TrainResult:
+        rt, tc = self.runtime, self.preset.train
+        self._t_start = time.time()
+        self.resume()
+        if rt.is_main:
+            for note in rt.notes:
+                print(note, file=sys.stderr)
+        model = self.wrapped_model()
+        model.train()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        data_iter = iter(self.train_data)
+        bar = self._progress_bar()
+        window_tokens, window_time, last_loss = 0, 0.0, None
+        with self._install_signal_handlers():
+            while self.step < self.total_steps and self._stop_reason is None:
+                lr = tc.lr * self.lr_multiplier(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.perf_counter()
+                loss, metrics, grad_norm = self.train_step(model, data_iter)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                window_tokens += self.tokens_per_step
+                if self.step % tc.log_interval == 0 or self.step == self.total_steps:
+                    loss_value = rt.all_reduce_mean(loss.item())  # the only host sync in the loop
+                    rt.synchronize()
+                    window_time += time.perf_counter() - t0
+                    last_loss = loss_value
+                    row = self._log_row(loss_value, lr, metrics, grad_norm, window_tokens, window_time)
+                    self.metrics.log(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}")
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step, row)
+                    window_tokens, window_time = 0, 0.0
+                    if not math.isfinite(loss_value):
+                        self.request_stop(f"loss is {loss_value} at step {self.step}")
+                else:
+                    window_time += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                if self.step % tc.eval_interval == 0 or self.step == self.total_steps:
+                    self._run_eval()
+                if self.preset.samples.interval and self.step % self.preset.samples.interval == 0 and rt.is_main:
+                    write_samples(self, print_them=False)
+                if self.step % tc.save_interval == 0 or self.step == self.total_steps or self._stop_reason:
+                    self.save("rolling")
+        if bar is not None:
+            bar.close()
+        stop_reason = self._stop_reason or "completed"
+        if rt.is_main:
+            print(f"stopped at step {self.step}: {stop_reason}", file=sys.stderr)
+            if stop_reason == "completed" or stop_reason.startswith("early stopping"):
+                write_samples(self, print_them=True)
+        result = TrainResult(
+            self.run_dir, self.step, self.tokens, last_loss, dict(self.last_val), self.best_val_loss,
+            stop_reason, self._elapsed(), self.resumed_from,
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        self.metrics.close()
+        return result
+
+    def _run_eval(self) -> None:
+        t0 = time.perf_counter()
+        val = self.evaluate()
+        self.last_val = val
+        row = {"step": self.step, "tokens": self.tokens, **val, "eval_seconds": time.perf_counter() - t0, "elapsed": self._elapsed()}
+        self.metrics.log(row)
+        improved = self.best_val_loss is None or val["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = val["val_loss"]
+        for cb in self.callbacks:
+            cb.on_eval(self, self.step, row)
+        if improved:
+            self.save(BEST)
+
+    def _log_row(self, loss: float, lr: float, metrics: dict[str, torch.Tensor], grad_norm, window_tokens: int, window_time: float) -> dict[str, Any]:
+        tokens_per_sec = window_tokens / max(window_time, 1e-9)
+        row: dict[str, Any] = {
+            "step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
+            **{k: v.item() for k, v in metrics.items()},
+            "tokens_per_sec": tokens_per_sec,
+            "elapsed": self._elapsed(),
+        }
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm.item()
+        if self.flops_per_token and self.peak_flops:
+            per_device = tokens_per_sec / self.runtime.world_size
+            row["mfu"] = self.flops_per_token * per_device / self.peak_flops
+        row.update(self.runtime.memory_stats())
+        return row
+
+    def _progress_bar(self):
+        if not (self.runtime.is_main and self.preset.train.progress_bar):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc=self.preset.name or "train", unit="step", dynamic_ncols=True)
+
+
+def train(preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train a validated preset end to end (resuming if its run dir has checkpoints)."""
+    trainer = Trainer(preset, run_dir, callbacks)
+    try:
+        return trainer.fit()
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.runtime.shutdown()

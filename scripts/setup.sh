@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv with lmforge (editable) and its test tools. Safe to run again: it only adds what is missing.
+#
+# torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0): on machines that
+# carry a local CPU wheel of that version pip takes it instead of downloading a multi-GB CUDA
+# build; elsewhere pip fetches the normal build for the platform. pyproject.toml itself only
+# asks for torch>=2.4, so an existing torch is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/pip install --quiet "$TORCH_SPEC"
+fi
+if ! .venv/bin/python -c "import lmforge, pytest" 2>/dev/null; then
+  .venv/bin/pip install --quiet -e ".[dev]"
+fi

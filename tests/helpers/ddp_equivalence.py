@@ -1,0 +1,33 @@
+"""Run K optimizer steps on a fixed global batch, split across however many processes run this.
+
+usage: [torchrun --nproc_per_node=N] ddp_equivalence.py PRESET_JSON RUN_DIR OUT_FILE STEPS GLOBAL_BATCH
+Rank 0 writes the final parameters to OUT_FILE.
+"""
+import json
+import sys
+
+import torch
+
+from lmforge.config import load_preset
+from lmforge.training.trainer import Trainer
+
+if __name__ == "__main__":
+    preset_path, run_dir, out_file, steps, global_batch = sys.argv[1:6]
+    steps, global_batch = int(steps), int(global_batch)
+    trainer = Trainer(load_preset(json.loads(open(preset_path).read())), run_dir)
+    rt = trainer.runtime
+    per_rank = global_batch // rt.world_size
+    init = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    model = trainer.wrapped_model()
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    vocab, seq = trainer.tokenizer.vocab_size, trainer.seq_length
+    for _ in range(steps):
+        tokens = torch.randint(0, vocab, (global_batch, seq + 1), generator=gen)
+        mine = tokens[rt.rank * per_rank:(rt.rank + 1) * per_rank]
+        batch = {"input_ids": mine[:, :-1].contiguous(), "labels": mine[:, 1:].contiguous()}
+        trainer.train_step(model, iter([batch]))
+    if rt.is_main:
+        final = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        torch.save({"init": init, "final": final}, out_file)
+    rt.shutdown()
