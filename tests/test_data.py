@@ -43,7 +43,7 @@ def data_config(sources: list[dict], **kw) -> DataConfig:
 
 
 def text_source(path, split="train", validation=TAIL, **kw) -> TextSource:
-    cfg = data_config([{"type": "text", "path": str(path), **kw}])
+    cfg = data_config([{"type": "text", "path": str(path), "shuffle": False, **kw}])
     return TextSource(cfg.sources[0], split=split, validation=validation)
 
 
@@ -77,7 +77,7 @@ def test_config_validates_sources_with_their_registered_class(tmp_path):
     assert "unknown source type 'txt'; allowed: jsonl, python_stdlib, text" in str(err.value)
     with pytest.raises(ValidationError) as err:
         data_config([{"type": "text", "path": "a.txt", "chunk_size": 5}])
-    assert err.value.errors()[0]["loc"] == ("sources", 0, "chunk_size") and "allowed: chunk_chars, name, path, type" in str(err.value)
+    assert err.value.errors()[0]["loc"] == ("sources", 0, "chunk_size") and "allowed: chunk_chars, name, path, shuffle, type" in str(err.value)
     with pytest.raises(ValidationError):
         data_config([])
     with pytest.raises(ValidationError):
@@ -209,7 +209,7 @@ def test_tail_split_matches_nanogpt_shakespeare_char(tmp_path, shared_data, shak
     """nanoGPT: chars = sorted(set(data)); train = data[:int(n*0.9)]; val = data[int(n*0.9):]."""
     n = len(shakespeare)
     cfg = data_config(
-        [{"type": "text", "path": str(shared_data / "tinyshakespeare.txt")}],
+        [{"type": "text", "path": str(shared_data / "tinyshakespeare.txt"), "shuffle": False}],
         tokenizer={"type": "char"}, validation={"method": "tail", "fraction": 0.1},
     )
     tok = build_tokenizer(cfg.tokenizer, tmp_path, lambda: iter_texts(cfg, "all", cfg.tokenizer.train_chars))
@@ -496,3 +496,20 @@ def test_iter_texts_limits_characters(tmp_path, shakespeare, kjv_lines):
     texts = list(iter_texts(cfg, "train", 1000))
     assert sum(map(len, texts)) == 1000
     assert {t[:20] for t in texts} & {line[:20] for line in kjv_lines[:40]}  # both sources are interleaved
+
+
+def test_shuffled_epochs_are_permutations_and_resume_mid_epoch(shared_data):
+    path = shared_data / "tinyshakespeare.txt"
+    ordered = [d["text"] for d, _ in text_source(path, chunk_chars=8192).documents()]
+    shuffled = text_source(path, chunk_chars=8192, shuffle=True)
+    epoch0 = [d["text"] for d, _ in shuffled.documents(None, epoch=0)]
+    epoch1 = [d["text"] for d, _ in shuffled.documents(None, epoch=1)]
+    assert sorted(epoch0) == sorted(ordered) and sorted(epoch1) == sorted(ordered)
+    assert epoch0 != ordered and epoch0 != epoch1
+    stream = shuffled.documents(None, epoch=1)
+    for _ in range(7):
+        _, state = next(stream)
+    fresh = text_source(path, chunk_chars=8192, shuffle=True)
+    assert [d["text"] for d, _ in fresh.documents(state, epoch=1)] == epoch1[7:]
+    val = text_source(path, "val", chunk_chars=8192, shuffle=True)
+    assert "".join(d["text"] for d, _ in val.documents()) == path.read_text()[int(path.stat().st_size * 0.9):]

@@ -28,7 +28,7 @@ class ShardedDocuments:
         while True:
             whole_epoch = inner is None and index == 0
             mine = 0
-            for doc, inner_state in self.source.documents(inner):
+            for doc, inner_state in self.source.documents(inner, epoch):
                 position, index = index, index + 1
                 if position % self.num_readers == self.reader:
                     mine += 1

@@ -27,7 +27,7 @@ def build_sources(cfg: DataConfig, split: Split) -> list[Source]:
     """One Source per configured entry; raises DataError here for missing paths and the like."""
     import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
 
-    return [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation) for sc in cfg.sources]
+    return [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed) for sc in cfg.sources]
 
 
 def collate(blocks: list[np.ndarray]) -> Batch:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import Any, ClassVar, Iterator, TypedDict
+import os
+from typing import Any, BinaryIO, ClassVar, Iterator, TypedDict
 
 from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.data.config import ValidationConfig
 from lmforge.data.errors import DataError, DataWarning
-from lmforge.data.splits import Split, in_hash_split
+from lmforge.data.splits import Split, in_hash_split, line_start_at_or_after, tail_cut
 
 # Human wording of the skip counters, used in the one summary warning per pass.
 SKIP_WORDING = {
@@ -53,14 +54,15 @@ class FileSourceConfig(SourceConfig):
 class Source(ABC):
     """A deterministic, resumable stream of one split's documents; one call of `documents` is one epoch.
 
-    `documents(state)` yields (document, state_after_it); passing that state back resumes right after the
-    document by seeking, without rereading. Documents of the other split are skipped inside the source.
+    `documents(state, epoch)` yields (document, state_after_it); passing that state (and epoch) back resumes
+    right after the document by seeking, without rereading. Documents of the other split are skipped inside the source.
     """
 
     supports_tail: ClassVar[bool] = True
 
-    def __init__(self, config: SourceConfig, *, split: Split, validation: ValidationConfig):
+    def __init__(self, config: SourceConfig, *, split: Split, validation: ValidationConfig, seed: int = 0):
         self.config = config
+        self.seed = seed  # for sources that shuffle their document order per epoch
         self.name: str = config.name or config.type
         self.split = split
         self.validation = validation
@@ -74,6 +76,19 @@ class Source(ABC):
     @property
     def tail(self) -> bool:
         return self.validation.method == "tail"
+
+    def split_range(self, f: BinaryIO, path: str, counts: Counter[str], line_aligned: bool = False) -> tuple[int, int] | None:
+        """Byte range [start, end) of open file `f` that belongs to this split; None (counted) for an empty file."""
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            self.note_skip(counts, "empty_file", path)
+            return None
+        if not self.tail:
+            return 0, size
+        cut = tail_cut(f, size, self.validation.fraction)
+        if line_aligned:
+            cut = line_start_at_or_after(f, cut)
+        return (0, cut) if self.split == "train" else (cut, size)
 
     def keep(self, text: str) -> bool:
         """Hash-split membership (tail splits are applied by seeking instead)."""
@@ -101,5 +116,5 @@ class Source(ABC):
         return ", ".join(f"{n} {SKIP_WORDING.get(r, r)}" for r, n in sorted(self.skipped.items())) or "nothing skipped"
 
     @abstractmethod
-    def documents(self, state: dict | None = None) -> Iterator[tuple[Document, dict]]:
-        """Yield (document, state after it) in a fixed order, starting after `state` (None = from the start)."""
+    def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:
+        """Yield (document, state after it) in a fixed order per epoch, starting after `state` (None = from the start)."""

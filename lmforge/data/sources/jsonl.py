@@ -9,7 +9,7 @@ from typing import Iterator, Literal
 from lmforge.data.config import ValidationConfig
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
 from lmforge.data.sources.paths import require_nonempty, resolve_files
-from lmforge.data.splits import Split, line_start_at_or_after, tail_cut
+from lmforge.data.splits import Split
 from lmforge.registry import SOURCES
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -26,13 +26,13 @@ class JsonlSource(Source):
     """Streamed line by line; one document per line with eos after it. A tail split cuts at the first line
     starting at or after byte int(size * (1 - fraction)) of each file."""
 
-    def __init__(self, config: JsonlSourceConfig, *, split: Split, validation: ValidationConfig):
-        super().__init__(config, split=split, validation=validation)
+    def __init__(self, config: JsonlSourceConfig, *, split: Split, validation: ValidationConfig, seed: int = 0):
+        super().__init__(config, split=split, validation=validation, seed=seed)
         self.files = resolve_files(self.name, config.path, JSONL_SUFFIXES)
         require_nonempty(self.name, self.files)
         self.text_field = config.text_field
 
-    def documents(self, state: dict | None = None) -> Iterator[tuple[Document, dict]]:
+    def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:
         first = state["file"] if state else 0
         counts: Counter[str] = Counter()
         for index in range(first, len(self.files)):
@@ -43,14 +43,10 @@ class JsonlSource(Source):
     def _file_documents(self, index: int, resume_at: int | None, counts: Counter[str]) -> Iterator[tuple[Document, dict]]:
         path = self.files[index]
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                self.note_skip(counts, "empty_file", str(path))
+            span = self.split_range(f, str(path), counts, line_aligned=True)
+            if span is None:
                 return
-            start, end = 0, size
-            if self.tail:
-                cut = line_start_at_or_after(f, tail_cut(f, size, self.validation.fraction))
-                start, end = (0, cut) if self.split == "train" else (cut, size)
+            start, end = span
             pos = start if resume_at is None else resume_at
             f.seek(pos)
             while pos < end:

@@ -22,6 +22,7 @@ WHOLE_FILE_CHUNKS = 16  # files up to this many chunks are one document
 class PythonStdlibSourceConfig(SourceConfig):
     type: Literal["python_stdlib"] = "python_stdlib"
     chunk_chars: int = Field(4096, ge=64, description=f"files over {WHOLE_FILE_CHUNKS}x this are split into line-aligned chunks")
+    shuffle: bool = Field(True, description="train split: visit the chunks in a new random order each epoch (val is never shuffled)")
 
 
 def stdlib_files(root: Path) -> list[Path]:
@@ -39,8 +40,8 @@ class PythonStdlibSource(ChunkedFileSource):
 
     supports_tail = False
 
-    def __init__(self, config: PythonStdlibSourceConfig, *, split: Split, validation: ValidationConfig):
-        super().__init__(config, split=split, validation=validation)
+    def __init__(self, config: PythonStdlibSourceConfig, *, split: Split, validation: ValidationConfig, seed: int = 0):
+        super().__init__(config, split=split, validation=validation, seed=seed)
         root = Path(sysconfig.get_paths()["stdlib"])
         if not root.is_dir():
             raise DataError(f"data source {self.name!r}: the standard library folder {root} does not exist")
@@ -49,4 +50,5 @@ class PythonStdlibSource(ChunkedFileSource):
         if not self.files:
             raise DataError(f"data source {self.name!r}: no .py files under {root}")
         self.chunk_bytes = config.chunk_chars
+        self.shuffle = config.shuffle
         self.whole_file_bytes = config.chunk_chars * WHOLE_FILE_CHUNKS

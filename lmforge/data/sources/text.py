@@ -18,14 +18,16 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 class TextSourceConfig(FileSourceConfig):
     type: Literal["text"] = "text"
     chunk_chars: int = Field(4096, ge=64, description="target document size; chunks end at line breaks")
+    shuffle: bool = Field(True, description="train split: visit the chunks in a new random order each epoch (val is never shuffled)")
 
 
 @SOURCES.register("text", config=TextSourceConfig)
 class TextSource(ChunkedFileSource):
     """Files given directly or by glob are read whatever their suffix; folders contribute .txt .md .rst .text files."""
 
-    def __init__(self, config: TextSourceConfig, *, split: Split, validation: ValidationConfig):
-        super().__init__(config, split=split, validation=validation)
+    def __init__(self, config: TextSourceConfig, *, split: Split, validation: ValidationConfig, seed: int = 0):
+        super().__init__(config, split=split, validation=validation, seed=seed)
         self.files = resolve_files(self.name, config.path, TEXT_SUFFIXES)
         require_nonempty(self.name, self.files)
         self.chunk_bytes = config.chunk_chars
+        self.shuffle = config.shuffle

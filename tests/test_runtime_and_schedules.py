@@ -1,0 +1,59 @@
+"""Runtime decisions and LR schedules: small pure functions with exact expected values."""
+import math
+
+import pytest
+import torch
+
+from lmforge import runtime
+from lmforge.training.schedules import ConstantConfig, WarmupCosineConfig, WSDConfig, build_schedule
+
+
+def test_auto_precision_on_cpu_follows_measured_width_threshold(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_amx_or_avx512_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert runtime._pick_precision("auto", cpu, runtime.CPU_BF16_MIN_WIDTH, []) == "bf16"
+    notes = []
+    assert runtime._pick_precision("auto", cpu, 128, notes) == "fp32" and "width 128" in notes[0]
+    monkeypatch.setattr(runtime, "cpu_has_amx_or_avx512_bf16", lambda: False)
+    assert runtime._pick_precision("auto", cpu, 1024, []) == "fp32"
+    assert runtime._pick_precision("bf16", cpu, 64, []) == "bf16"  # an explicit choice is kept
+
+
+def test_runtime_autocast_and_scaler():
+    rt = runtime.setup_runtime("cpu", "bf16")
+    with rt.autocast():
+        y = torch.nn.Linear(8, 8)(torch.randn(2, 8))
+    assert y.dtype == torch.bfloat16
+    assert not rt.grad_scaler().is_enabled()
+    fp32 = runtime.setup_runtime("cpu", "fp32")
+    with fp32.autocast():
+        assert torch.nn.Linear(8, 8)(torch.randn(2, 8)).dtype == torch.float32
+    assert runtime.lookup_cuda_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert runtime.peak_flops(fp32, override=123.0) == 123.0
+    assert runtime.measure_matmul_peak_flops(fp32, size=128, repeats=1) > 0
+
+
+def test_warmup_cosine_is_nanogpts_get_lr():
+    lr, min_lr, warmup, decay = 1e-3, 1e-4, 100, 2000
+
+    def nanogpt_get_lr(it):
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        if it > decay:
+            return min_lr
+        ratio = (it - warmup) / (decay - warmup)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    fn = build_schedule(WarmupCosineConfig(warmup_steps=warmup, min_lr_ratio=0.1, decay_steps=decay), total_steps=5000)
+    for it in (0, 50, 99, 100, 101, 1000, 1999, 2000, 2001, 4000):
+        assert lr * fn(it) == pytest.approx(nanogpt_get_lr(it), rel=1e-12)
+
+
+def test_constant_and_wsd():
+    const = build_schedule(ConstantConfig(warmup_steps=4), 100)
+    assert [const(s) for s in (0, 3, 4, 99)] == [0.2, 0.8, 1.0, 1.0]
+    wsd = build_schedule(WSDConfig(warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0), 100)
+    assert wsd(50) == 1.0 and wsd(79) == 1.0
+    assert wsd(90) == pytest.approx(0.5) and wsd(100) == 0.0
+    sqrt = build_schedule(WSDConfig(warmup_steps=0, decay_fraction=0.5, decay_shape="sqrt"), 100)
+    assert sqrt(75) == pytest.approx(1 - math.sqrt(0.5))
