@@ -69,3 +69,21 @@ def test_generate_cli_sampling_options_and_slots(trained_run):
     assert len(trigrams) == len(set(trigrams))
     missing = _generate(trained_run, "--slot", "nope")
     assert missing.returncode == 2 and "present" in missing.stderr
+
+
+def test_torchrun_main_py_takes_default_on_rank0_and_broadcasts(tmp_path, small_text):
+    """`torchrun --nproc_per_node=2 main.py` with no terminal: rank 0 picks, both ranks train the same preset."""
+    import json
+    import os
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.json").write_text(json.dumps(tiny_preset(small_text, max_steps=4, eval_interval=4)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "main.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("no terminal: training the default preset 'tiny'") == 1  # only rank 0 chose
+    from lmforge.training.checkpoint import CheckpointManager
+
+    ckpt = CheckpointManager(tmp_path / "runs" / "tiny" / "checkpoints").load_latest()
+    assert ckpt.meta["step"] == 4 and ckpt.meta["world_size"] == 2

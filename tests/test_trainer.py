@@ -44,7 +44,7 @@ def test_training_run_writes_metrics_checkpoints_samples(tmp_path, small_text):
         def on_save(self, trainer, step, slot):
             seen.append((slot, step))
 
-    result = train(load_preset(tiny_preset(small_text)), tmp_path / "run", [Record()])
+    result = train(load_preset(tiny_preset(small_text, tensorboard=True)), tmp_path / "run", [Record()])
     run = tmp_path / "run"
     assert result.steps == 12 and result.stop_reason == "completed"
     rows = read_metrics(run)
@@ -69,6 +69,7 @@ def test_training_run_writes_metrics_checkpoints_samples(tmp_path, small_text):
     legacy = torch.load(run / "simple_lm_trained.pth", weights_only=True)
     assert torch.equal(legacy[next(iter(legacy))], ckpts.load_latest().model_state[next(iter(legacy))])
     assert list((run / "samples").glob("step_*.txt"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_exact_resume_after_sigkill(tmp_path, small_text):

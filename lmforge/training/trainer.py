@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lmforge.config import Preset
+from lmforge.config import Preset, PresetError
 from lmforge.data import DataPipeline, build_tokenizer, build_val_batches, iter_texts
 from lmforge.evaluation import evaluate_lm
 from lmforge.models import build_model
@@ -71,36 +71,9 @@ class Trainer:
             self.early_stopping = None
         self._stop_reason: str | None = None
 
-        # Tokenizer: built (or trained) once by rank 0, saved in the run dir, loaded by everyone.
-        # A char vocab covers all the data, as nanoGPT's does; BPE is trained on the train split only.
-        data_cfg = preset.data
-        vocab_split = "all" if data_cfg.tokenizer.type == "char" else "train"
-
-        def texts():
-            return iter_texts(data_cfg, vocab_split, data_cfg.tokenizer.train_chars)
-
-        if rt.is_main:
-            self.tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
-        rt.barrier()
-        if not rt.is_main:
-            self.tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
-
-        # Model: same init on every rank (DDP also broadcasts rank 0's weights).
-        mcfg = preset.model
-        if getattr(mcfg, "vocab_size", "absent") is None:
-            mcfg.vocab_size = self.tokenizer.vocab_size
-        elif getattr(mcfg, "vocab_size", None) is not None and mcfg.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the tokenizer's ({self.tokenizer.vocab_size})")
-        if rt.is_main:
-            run_dir_lib.save_preset(self.run_dir, preset)
-        self.seq_length = data_cfg.seq_length or mcfg.block_size
-        if self.seq_length > mcfg.block_size:
-            raise ValueError(f"data.seq_length ({self.seq_length}) exceeds model.block_size ({mcfg.block_size})")
-        seed_everything(tc.seed)
-        model = build_model(mcfg)
-        for swap in preset.layer_swaps:
-            model = LAYER_SWAPS.get(swap.name)(model, swap)
-        self.model = model.to(rt.device)
+        self.tokenizer = self._setup_tokenizer()
+        self.seq_length = preset.data.seq_length or preset.model.block_size
+        self.model = self._setup_model()
         self.objective = OBJECTIVES.get(preset.objective.name)(preset.objective)
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
@@ -111,11 +84,11 @@ class Trainer:
         self.lr_multiplier = build_schedule(tc.lr_schedule, self.total_steps)
 
         self.train_data = DataPipeline(
-            data_cfg, self.tokenizer, split="train", batch_size=tc.batch_size, seq_length=self.seq_length,
+            preset.data, self.tokenizer, split="train", batch_size=tc.batch_size, seq_length=self.seq_length,
             rank=rt.rank, world_size=rt.world_size,
         )
         self.val_batches = build_val_batches(
-            data_cfg, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
+            preset.data, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
             max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size,
         )
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
@@ -128,6 +101,40 @@ class Trainer:
         self.resumed_from: int | None = None
         self.flops_per_token = self.model.flops_per_token(self.seq_length) if hasattr(self.model, "flops_per_token") else None
         self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
+
+    def _setup_tokenizer(self):
+        """Built (or trained) once by rank 0 and saved in the run dir; the other ranks load it.
+
+        A char vocab covers all the data, as nanoGPT's does; BPE is trained on the train split only.
+        """
+        rt, data_cfg = self.runtime, self.preset.data
+        vocab_split = "all" if data_cfg.tokenizer.type == "char" else "train"
+
+        def texts():
+            return iter_texts(data_cfg, vocab_split, data_cfg.tokenizer.train_chars)
+
+        tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts) if rt.is_main else None
+        rt.barrier()
+        return tokenizer or build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+
+    def _setup_model(self) -> torch.nn.Module:
+        """Fill in the vocabulary size, save the resolved preset, build the model (same init on every rank)."""
+        rt, preset = self.runtime, self.preset
+        mcfg = preset.model
+        vocab = self.tokenizer.vocab_size
+        if getattr(mcfg, "vocab_size", "absent") is None:
+            mcfg.vocab_size = vocab
+        elif getattr(mcfg, "vocab_size", None) is not None and mcfg.vocab_size < vocab:
+            raise PresetError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the tokenizer's ({vocab}); remove it to use {vocab}")
+        if self.seq_length > mcfg.block_size:
+            raise PresetError(f"data.seq_length ({self.seq_length}) exceeds model.block_size ({mcfg.block_size})")
+        if rt.is_main:
+            run_dir_lib.save_preset(self.run_dir, preset)
+        seed_everything(preset.train.seed)
+        model = build_model(mcfg)
+        for swap in preset.layer_swaps:
+            model = LAYER_SWAPS.get(swap.name)(model, swap)
+        return model.to(rt.device)
 
     # ------------------------------------------------------------------ state
 
@@ -221,6 +228,8 @@ class Trainer:
             return contextlib.nullcontext()
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self._stop_reason is not None:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stands
             self.request_stop(f"signal {signal.Signals(signum).name}")
 
         @contextlib.contextmanager
