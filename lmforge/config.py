@@ -57,6 +57,9 @@ class TrainConfig(Section):
     early_stopping_min_delta: float = Field(0.0, ge=0)
     peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; None = data sheet or probe")
     tensorboard: bool = Field(False, description="also write TensorBoard event files to <run_dir>/tensorboard")
+    milestone_interval: int = Field(0, ge=0, description="steps between milestone snapshots kept beside the rolling slots; 0 = off")
+    milestone_prefix: str = Field("step_", min_length=1, description="milestone slot name = prefix + step, e.g. 'vgt_8L_step_' (seed 000)")
+    keep_milestones: int = Field(3, ge=1, description="newest milestone snapshots kept")
     progress_bar: bool = True
     legacy_weights_file: str | None = Field(
         "simple_lm_trained.pth", description="also mirror the newest weights to this file in the run dir (seed 002); None = off"

@@ -161,3 +161,11 @@ def test_missing_data_path_is_a_clear_error(tmp_path, small_text):
     proc = subprocess.run([sys.executable, "-m", "lmforge", "train", str(path), "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "does_not_exist.txt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_milestone_snapshots_keep_last_k(tmp_path, small_text):
+    preset = tiny_preset(small_text, max_steps=10, milestone_interval=2, milestone_prefix="vgt_8L_step_", keep_milestones=2)
+    train(load_preset(preset), tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("vgt_8L_step_"))
+    assert names == ["vgt_8L_step_10", "vgt_8L_step_8"]
+    assert CheckpointManager(tmp_path / "run" / "checkpoints").load("vgt_8L_step_8").meta["step"] == 8

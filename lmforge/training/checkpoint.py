@@ -180,6 +180,16 @@ class CheckpointManager:
             shutil.rmtree(old)
         return target
 
+    def prune(self, prefix: str, keep: int) -> None:
+        """Delete all but the `keep` newest slots named prefix + step (milestone snapshots)."""
+        numbered = []
+        for path in self.directory.glob(prefix + "*"):
+            suffix = path.name[len(prefix):]
+            if path.is_dir() and suffix.isdigit():
+                numbered.append((int(suffix), path))
+        for _, path in sorted(numbered, reverse=True)[keep:]:
+            shutil.rmtree(path)
+
     def candidates(self) -> list[tuple[int, Path]]:
         """Every slot with a readable meta.json among the rolling names (and mid-rotation ones), newest first."""
         found = []

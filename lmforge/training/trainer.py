@@ -145,6 +145,7 @@ class Trainer:
     def _component_states(self) -> dict[str, Any]:
         return {
             "grad_filters": [f.state_dict() for f in self.grad_filters],
+            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
 
@@ -184,6 +185,9 @@ class Trainer:
                     atomic_torch_save(weights, self.run_dir / self.preset.train.legacy_weights_file)
             else:
                 self.checkpoints.save_named(slot, weights, state, self._meta())
+                tc = self.preset.train
+                if slot.startswith(tc.milestone_prefix):
+                    self.checkpoints.prune(tc.milestone_prefix, tc.keep_milestones)
         self.runtime.barrier()
         for cb in self.callbacks:
             cb.on_save(self, self.step, slot)
@@ -206,6 +210,8 @@ class Trainer:
         self.best_val_loss = st["best_val_loss"]
         for f, s in zip(self.grad_filters, st["grad_filters"]):
             f.load_state_dict(s)
+        if st.get("objective") is not None:
+            self.objective.load_state_dict(st["objective"])
         if self.early_stopping and st.get("early_stopping"):
             self.early_stopping.load_state_dict(st["early_stopping"])
         mine = st["ranks"][self.runtime.rank]
@@ -332,6 +338,8 @@ class Trainer:
                     write_samples(self, print_them=False)
                 if self.step % tc.save_interval == 0 or self.step == self.total_steps or self._stop_reason:
                     self.save("rolling")
+                if tc.milestone_interval and self.step % tc.milestone_interval == 0:
+                    self.save(f"{tc.milestone_prefix}{self.step}")
         if bar is not None:
             bar.close()
         stop_reason = self._stop_reason or "completed"
