@@ -3,3 +3,4 @@ import lmforge.data  # noqa: F401  sources, tokenizers
 import lmforge.models  # noqa: F401  architectures
 import lmforge.objectives  # noqa: F401
 import lmforge.training.schedules  # noqa: F401
+import lmforge.training.forge_controller  # noqa: F401  alpha controller of the forge objective (seed 000)

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from lmforge.models.gpt import GPT, GPTConfig  # importing gpt registers "gpt" in MODELS
 from lmforge.models.layers import KVCache
 from lmforge.models.output import ModelOutput
+from lmforge.models.vgt import VGT, GRUCache, VGTConfig  # registers "vgt"
 from lmforge.registry import MODELS
 
 
@@ -15,4 +16,4 @@ def build_model(config: BaseModel) -> nn.Module:
     return MODELS.get(config.arch)(config)
 
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "ModelOutput", "build_model"]
+__all__ = ["GPT", "GPTConfig", "GRUCache", "KVCache", "ModelOutput", "VGT", "VGTConfig", "build_model"]

@@ -130,6 +130,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (objectives that align hidden states with it, e.g. forge, read it here)."""
+        return self.wte
+
     # ------------------------------------------------------------------ forward
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
