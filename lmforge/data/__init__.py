@@ -1,4 +1,4 @@
-"""The data pipeline: sources -> round-robin mix -> tokenizer -> packer -> shuffle buffer -> batches.
+"""The data pipeline: sources -> mix -> tokenizer -> packer -> shuffle buffer -> batches.
 
 Every stage's position is part of `DataPipeline.state_dict()`, so a resumed run continues on the exact
 batch an uninterrupted run would have produced next.

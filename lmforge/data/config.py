@@ -48,13 +48,35 @@ class DataConfig(Section):
     """Everything between files on disk and (input_ids, labels) batches."""
 
     sources: list[Any] = Field(min_length=1, description="source configs, each with a registered `type`")
-    mix: Literal["round_robin"] = "round_robin"
+    mix: Literal["round_robin", "sequential", "weighted"] = Field(
+        "round_robin",
+        description="round_robin: one document per source in turn; sequential: each source's epoch in order; "
+        "weighted: each document from a source drawn with probability proportional to source_weights (seeded, resumable)",
+    )
+    source_weights: list[float] | None = Field(
+        None, description="mix 'weighted' only: one positive weight per entry of `sources`, in the same order (need not sum to 1)"
+    )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    quality_threshold: float | None = Field(
+        None, description="drop documents whose metadata.quality is below this (documents without a quality are kept); None = off"
+    )
+    min_text_length: int = Field(0, ge=0, description="drop text documents with fewer characters than this (token documents are kept); 0 = off")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 = read in the training process")
     shuffle_buffer: int = Field(1024, ge=0, description="packed blocks held for shuffling; 0 = no shuffling")
     seed: int = 1337
+
+    @model_validator(mode="after")
+    def _weights_fit_mix(self) -> "DataConfig":
+        if self.mix == "weighted":
+            if self.source_weights is None or len(self.source_weights) != len(self.sources):
+                raise ValueError(f"data.mix 'weighted' needs data.source_weights with one weight per source ({len(self.sources)})")
+            if any(w <= 0 for w in self.source_weights):
+                raise ValueError(f"data.source_weights must all be > 0, got {self.source_weights}")
+        elif self.source_weights is not None:
+            raise ValueError("data.source_weights is only used with data.mix 'weighted'")
+        return self
 
     @field_validator("sources")
     @classmethod

@@ -68,6 +68,7 @@ class TokenBatches(IterableDataset):
             self.sources, self.tokenizer, seq_length=self.seq_length, batch_size=self.batch_size,
             reader=reader, num_readers=self.num_readers, loop=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0, seed=self.cfg.seed, state=self.states.get(reader),
+            mix=self.cfg.mix, source_weights=self.cfg.source_weights,
         )
         try:
             for batch, update in stream.batches():

@@ -50,7 +50,8 @@ class Packer:
         """Blocks of seq_length + 1 ids (views; copy to keep) from `documents(upstream_state)`."""
         width = self.seq_length + 1
         for doc, state in documents(self.upstream):
-            ids = self.encode(doc["text"])
+            # Token documents (binary, hdf5) arrive already encoded.
+            ids = list(doc["tokens"]) if "tokens" in doc else self.encode(doc["text"])
             if doc["eos"] and self.eos_id is not None:
                 ids.append(self.eos_id)
             self._buf = np.concatenate((self._buf[self._pos:], np.asarray(ids, dtype=np.int64)))

@@ -8,13 +8,14 @@ Split = Literal["train", "val"]
 HASH_BUCKETS = 1_000_000
 
 
-def hash_split(text: str) -> int:
-    """A bucket in [0, 10^6) from blake2b of the text: the same on every machine, run and Python version."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+def hash_split(text: str | bytes) -> int:
+    """A bucket in [0, 10^6) from blake2b of the text (or raw bytes, for token chunks): the same on every machine, run and Python version."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", errors="surrogatepass")
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") % HASH_BUCKETS
 
 
-def in_hash_split(text: str, split: Split, fraction: float) -> bool:
+def in_hash_split(text: str | bytes, split: Split, fraction: float) -> bool:
     """Whether a document belongs to `split` when a `fraction` of documents is val."""
     is_val = hash_split(text) < fraction * HASH_BUCKETS
     return is_val == (split == "val")

@@ -1,4 +1,4 @@
-"""The whole chain for one reader: sources -> shard -> round-robin mix -> tokenize + pack -> shuffle -> batches.
+"""The whole chain for one reader: sources (+ filters) -> shard -> mix (data.mix) -> tokenize + pack -> shuffle -> batches.
 
 A reader's state is {"mixer": ..., "leftover": tokens, "shuffle": {"rng", "buffer", "exhausted"} | None}.
 After each batch the stream reports an update in which the shuffle part is only a delta (see shuffle.py);
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from lmforge.data.config import DataConfig
-from lmforge.data.mixer import RoundRobin
+from lmforge.data.filters import FilteredSource, filtered
+from lmforge.data.mixer import MixMode, RoundRobin, Sequential, Weighted
 from lmforge.data.packer import IGNORE_INDEX, Packer
 from lmforge.data.sharding import ShardedDocuments
 from lmforge.data.shuffle import ShuffleBuffer, apply_delta
@@ -23,11 +24,14 @@ from lmforge.registry import SOURCES
 Batch = dict[str, torch.Tensor]
 
 
-def build_sources(cfg: DataConfig, split: Split) -> list[Source]:
-    """One Source per configured entry; raises DataError here for missing paths and the like."""
+def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource]:
+    """One Source per configured entry, behind the quality filter when one is set; raises DataError here for missing paths and the like."""
     import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
 
-    return [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed) for sc in cfg.sources]
+    return [
+        filtered(SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed), cfg.quality_threshold, cfg.min_text_length)
+        for sc in cfg.sources
+    ]
 
 
 def collate(blocks: list[np.ndarray]) -> Batch:
@@ -36,6 +40,21 @@ def collate(blocks: list[np.ndarray]) -> Batch:
     labels = arr[:, 1:]
     inputs = np.where(labels == IGNORE_INDEX, 0, arr[:, :-1])
     return {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)), "labels": torch.from_numpy(np.ascontiguousarray(labels))}
+
+
+def build_mixer(
+    sources: list[Source], reader: int, num_readers: int, loop: bool, mix: MixMode = "round_robin",
+    source_weights: list[float] | None = None, seed: int = 0,
+) -> RoundRobin | Sequential | Weighted:
+    """The mixer over this reader's shard of each source; `sequential` owns the epochs itself, so its shards are one pass each."""
+    if mix == "sequential":
+        return Sequential([ShardedDocuments(s, reader, num_readers, loop=False) for s in sources], loop=loop)
+    shards = [ShardedDocuments(s, reader, num_readers, loop) for s in sources]
+    if mix == "weighted":
+        if source_weights is None:
+            raise ValueError("mix 'weighted' needs source_weights")
+        return Weighted(shards, source_weights, seed=seed)
+    return RoundRobin(shards)
 
 
 class ReaderStream:
@@ -54,11 +73,13 @@ class ReaderStream:
         shuffle_buffer: int,
         seed: int,
         state: dict | None = None,
+        mix: MixMode = "round_robin",
+        source_weights: list[float] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.mixer = RoundRobin([ShardedDocuments(s, reader, num_readers, loop) for s in sources])
+        self.mixer = build_mixer(sources, reader, num_readers, loop, mix, source_weights, seed)
         self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop)
         self.shuffle = ShuffleBuffer(shuffle_buffer, seed, reader) if shuffle_buffer > 0 else None
         if state is not None:

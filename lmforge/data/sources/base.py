@@ -5,7 +5,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 import os
-from typing import Any, BinaryIO, ClassVar, Iterator, TypedDict
+from typing import Any, BinaryIO, ClassVar, Iterator, NotRequired, TypedDict
 
 from pydantic import Field, model_validator
 
@@ -22,6 +22,12 @@ SKIP_WORDING = {
     "not_object": "lines that are not a JSON object skipped",
     "missing_field": "lines without a string text field skipped",
     "empty_text": "empty texts skipped",
+    "bad_record": "records of the wrong shape skipped",
+    "encrypted_pdf": "encrypted PDFs skipped",
+    "corrupt_pdf": "unreadable PDFs skipped",
+    "no_text_pdf": "PDFs without extractable text (image-only?) skipped",
+    "low_quality": "documents below data.quality_threshold skipped",
+    "too_short": "documents shorter than data.min_text_length skipped",
 }
 
 
@@ -29,6 +35,9 @@ class Document(TypedDict):
     text: str
     source: str
     eos: bool  # whether the packer appends the tokenizer's end-of-text id after this text
+    tokens: NotRequired[list[int]]  # already tokenized (binary, hdf5): the packer uses these and ignores `text`
+    target: NotRequired[Any]  # supervised target (json_samples, pickle), kept for input->target objectives
+    quality: NotRequired[float]  # the record's metadata.quality, for data.quality_threshold
 
 
 class SourceConfig(Section):
