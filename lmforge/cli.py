@@ -1,13 +1,17 @@
-"""`lmforge` command line: train, generate, presets. Dotted overrides set any preset field."""
+"""`lmforge` command line: train, generate, chat, eval, needle, export, presets. Dotted overrides set any preset field."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lmforge.config import PresetError, list_presets, load_preset, parse_override_value
+
+if TYPE_CHECKING:  # heavy imports stay inside the commands that need them
+    from lmforge.generation import SamplingConfig
+    from lmforge.inference import LoadedRun
 
 EXIT_BAD_INPUT = 2
 
@@ -63,7 +67,7 @@ def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
 def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
-    from lmforge.generation import SamplingConfig, generate
+    from lmforge.generation import TextStreamer, generate
     from lmforge.inference import load_run
     from lmforge.training.checkpoint import CheckpointError
 
@@ -75,27 +79,196 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
         return _fail(str(err))
     tok = run.tokenizer
     ids = tok.encode(ns.prompt) or [tok.eos_id or 0]
-    sampling = SamplingConfig(
+    sampling = _sampling(ns)
+    stops = _stops(ns)
+    sys.stdout.write(ns.prompt)
+    streamer = TextStreamer(tok.decode, _write_flush, stops)
+
+    def stream(batch_index: int, token_id: int) -> None:
+        streamer.feed(token_id)
+
+    stop_ids = [tok.eos_id] if tok.eos_id is not None else None
+    if ns.draft_run_dir is not None:
+        return _generate_speculative(ns, run, ids, sampling, stop_ids, stream, streamer.finish)
+    with torch.inference_mode():
+        generate(run.model, [ids], ns.max_new_tokens, sampling, stop_ids=stop_ids, use_cache=not ns.no_cache,
+                 stream_callback=stream, stop_strings=stops, decode=tok.decode)
+    streamer.finish()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _sampling(ns: argparse.Namespace) -> SamplingConfig:
+    from lmforge.generation import SamplingConfig
+
+    return SamplingConfig(
         temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p, min_p=ns.min_p,
         repetition_penalty=ns.repetition_penalty, no_repeat_ngram_size=ns.no_repeat_ngram_size, seed=ns.seed,
     )
-    new_ids: list[int] = []
-    printed = ""
-    sys.stdout.write(ns.prompt)
 
-    def stream(batch_index: int, token_id: int) -> None:
-        nonlocal printed
-        new_ids.append(int(token_id))
-        text = tok.decode(new_ids)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
 
-    stop_ids = [tok.eos_id] if tok.eos_id is not None else None
-    with torch.inference_mode():
-        generate(run.model, [ids], ns.max_new_tokens, sampling, stop_ids=stop_ids, use_cache=not ns.no_cache, stream_callback=stream)
-    sys.stdout.write(tok.decode(new_ids)[len(printed):] + "\n")
+def _stops(ns: argparse.Namespace) -> list[str]:
+    """The --stop strings given, else the subcommand's default, with shell-typed escapes turned into characters."""
+    return [_unescape(s) for s in (ns.stop if ns.stop is not None else ns.stop_default)]
+
+
+def _unescape(text: str) -> str:
+    """`--stop '\\n\\n'` as typed in a shell -> two newlines; other characters pass through unchanged."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+def _write_flush(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _generate_speculative(
+    ns: argparse.Namespace,
+    run: LoadedRun,
+    ids: list[int],
+    sampling: SamplingConfig,
+    stop_ids: list[int] | None,
+    stream: Callable[[int, int], None],
+    finish: Callable[[], str],
+) -> int:
+    """`generate --draft-run-dir`: the draft run proposes --draft-k tokens per target forward; stats go to stderr.
+
+    Stop strings cut the printed text but do not end decoding early here."""
+    from lmforge.generation import speculative_generate
+    from lmforge.inference import load_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    try:
+        draft = load_run(ns.draft_run_dir)
+    except (CheckpointError, PresetError) as err:
+        return _fail(f"draft run: {err}")
+    if draft.tokenizer.vocab_size != run.tokenizer.vocab_size or draft.tokenizer.encode(ns.prompt) != ids:
+        return _fail(f"the draft run {ns.draft_run_dir} has a different tokenizer than {ns.run_dir}")
+    try:
+        result = speculative_generate(
+            run.model, draft.model, ids, ns.max_new_tokens, k=ns.draft_k, sampling=sampling, stop_ids=stop_ids,
+            stream_callback=lambda token: stream(0, token),
+        )
+    except ValueError as err:
+        return _fail(str(err))
+    finish()
+    sys.stdout.write("\n")
+    print(f"speculative: {result.accepted}/{result.proposed} draft tokens accepted "
+          f"({result.acceptance_rate:.1%}), {result.rounds} target forwards for {len(result.tokens)} tokens", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.generation.chat import COMMANDS, chat_loop
+    from lmforge.inference import load_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    if extra:
+        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        run = load_run(ns.run_dir, ns.slot)
+    except (CheckpointError, PresetError) as err:
+        return _fail(str(err))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {ns.run_dir} ({run.slot}, step {run.step}); {COMMANDS}", file=sys.stderr)
+    chat_loop(run.model, run.tokenizer, sys.stdin, _write_flush, _sampling(ns), ns.max_new_tokens, _stops(ns),
+              prompt="> " if interactive else "")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from lmforge.data import DataError
+    from lmforge.evaluation.run_eval import evaluate_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    if extra:
+        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        result = evaluate_run(ns.run_dir, ns.slot, ns.data, ns.batches)
+    except (CheckpointError, DataError, ValueError) as err:
+        return _fail(str(err))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_needle(ns: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from lmforge.evaluation.needle import lmforge_completer, run_needle, save_heatmap
+    from lmforge.inference import load_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    if extra:
+        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        run = load_run(ns.run_dir, ns.slot)
+        filler = Path(ns.filler).read_text(encoding="utf-8", errors="replace")
+        lengths = [int(x) for x in ns.lengths.split(",")]
+        depths = [float(x) for x in ns.depths.split(",")]
+        result = run_needle(lmforge_completer(run.model, run.tokenizer), filler, lengths, depths, ns.trials, ns.seed)
+    except (CheckpointError, OSError, ValueError) as err:
+        return _fail(str(err))
+    out = Path(ns.run_dir) / f"needle_{run.slot}"
+    out.with_suffix(".json").write_text(json.dumps({"slot": run.slot, "step": run.step, "filler": ns.filler, **result.to_dict()}, indent=2) + "\n")
+    print(result.table())
+    try:
+        save_heatmap(result, out.with_suffix(".png"))
+    except ImportError:
+        print("(no heatmap: matplotlib is not installed)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.inference import load_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    if extra:
+        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        run = load_run(ns.run_dir, ns.slot)
+    except (CheckpointError, PresetError) as err:
+        return _fail(str(err))
+    if ns.format == "safetensors":
+        from lmforge.export import export_safetensors
+
+        export_safetensors(run.model, run.preset, run.tokenizer, ns.out)
+        print(f"exported {run.slot} (step {run.step}) to {ns.out}: model.safetensors, preset.json, tokenizer")
+        return 0
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return _fail("--format hf needs transformers: pip install 'lmforge[hf_export]'")
+    from lmforge.export.hf import ExportError, export_hf
+
+    try:
+        what = export_hf(run.model, run.tokenizer, ns.out)
+    except ExportError as err:
+        return _fail(str(err))
+    print(f"exported {run.slot} (step {run.step}) to {ns.out}: {what}")
+    return 0
+
+
+def cmd_data(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.data import DataError
+    from lmforge.data.prepare import format_table, inspect, prepare
+
+    try:
+        preset = load_preset(ns.preset, parse_dotted_overrides(extra))
+    except PresetError as err:
+        return _fail(f"invalid preset {ns.preset!r}:\n  " + str(err).replace("\n", "\n  "))
+    try:
+        if ns.data_command == "prepare":
+            out = Path(ns.out or Path("data") / (preset.name or Path(ns.preset).stem))
+            report = prepare(preset.data, out)
+            print(f"wrote {out / 'train.bin'} and {out / 'val.bin'} (+ .json sidecars and the tokenizer)")
+        else:
+            report = inspect(preset.data)
+    except DataError as err:
+        return _fail(str(err))
+    format_table(report)
     return 0
 
 
@@ -103,6 +276,21 @@ def cmd_presets(ns: argparse.Namespace, extra: list[str]) -> int:
     for path in list_presets():
         print(path.stem)
     return 0
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int, stop: list[str]) -> None:
+    """Options shared by `generate` and `chat`."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating any n-gram of this size; 0 = off")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=None,
+                        help=f"end the text at this string (repeatable; backslash escapes like \\n work); default: {' '.join(stop) or 'none'}")
+    parser.set_defaults(stop_default=stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,16 +305,52 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-dir", required=True)
     g.add_argument("--prompt", default="\n")
     g.add_argument("--slot", default=None, help="checkpoint slot (lm_current, lm_prev, lm_prev2, best); default: newest loadable")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--min-p", type=float, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating any n-gram of this size; 0 = off")
-    g.add_argument("--seed", type=int, default=None)
+    _add_sampling_args(g, max_new_tokens=200, stop=[])
     g.add_argument("--no-cache", action="store_true", help="recompute the full context each step (for checking the KV cache)")
+    g.add_argument("--draft-run-dir", default=None, help="speculative decoding: a smaller run with the same tokenizer proposes tokens")
+    g.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per target forward")
     g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="interactive loop: each line you type is continued by the model",
+                       description="Each input line is appended to the running context and the model's reply streams "
+                                   "until a stop string, eos or --max-new-tokens. /reset clears the context, /quit leaves.")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--slot", default=None, help="checkpoint slot; default: newest loadable")
+    _add_sampling_args(c, max_new_tokens=200, stop=["\\n\\n"])
+    c.set_defaults(func=cmd_chat)
+    e = sub.add_parser("eval", help="val loss, perplexity, bits per byte and accuracy of a trained run",
+                       description="Evaluate a run's checkpoint; writes <run-dir>/eval_<slot>.json.")
+    e.add_argument("--run-dir", required=True)
+    e.add_argument("--slot", default=None, help="checkpoint slot (lm_current, lm_prev, lm_prev2, best); default: newest loadable")
+    e.add_argument("--data", default=None,
+                   help="default: the run's val split; a preset name/path: its val split; "
+                        'a JSON source spec like \'{"type": "text", "path": "f.txt"}\': that source, whole')
+    e.add_argument("--batches", type=int, default=None,
+                   help="at most this many batches; default: the preset's train.eval_batches for a val split, all for a source")
+    e.set_defaults(func=cmd_eval)
+    n = sub.add_parser("needle", help="needle-in-a-haystack recall by context length and depth",
+                       description="Writes <run-dir>/needle_<slot>.json and a heatmap .png.")
+    n.add_argument("--run-dir", required=True)
+    n.add_argument("--slot", default=None, help="checkpoint slot; default: newest loadable")
+    n.add_argument("--filler", required=True, help="a text file of real filler text (e.g. ../shared/data/wikitext-2/valid.txt)")
+    n.add_argument("--lengths", default="250,500,1000", help="haystack lengths in characters, comma-separated")
+    n.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle positions as fractions of the haystack")
+    n.add_argument("--trials", type=int, default=5, help="random needles per cell")
+    n.add_argument("--seed", type=int, default=0)
+    n.set_defaults(func=cmd_needle)
+    x = sub.add_parser("export", help="write a run's weights as a Hugging Face model or plain safetensors")
+    x.add_argument("--run-dir", required=True)
+    x.add_argument("--slot", default=None, help="checkpoint slot; default: newest loadable")
+    x.add_argument("--format", choices=["hf", "safetensors"], required=True,
+                   help="hf: transformers Llama/GPT-2 folder (gpt models); safetensors: weights + preset.json + tokenizer (any model)")
+    x.add_argument("--out", required=True, help="output folder")
+    x.set_defaults(func=cmd_export)
+    d = sub.add_parser("data", help="pre-tokenize a preset's sources into token files (prepare) or count them (inspect)")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="write <out>/train.bin and val.bin (+ sidecars, tokenizer) for the `binary` source")
+    dp.add_argument("preset")
+    dp.add_argument("--out", default=None, help="output folder; default: data/<preset name>")
+    dsub.add_parser("inspect", help="print documents, tokens and rejects per source and split").add_argument("preset")
+    d.set_defaults(func=cmd_data)
     p = sub.add_parser("presets", help="list the presets in configs/")
     p.set_defaults(func=cmd_presets)
     return parser

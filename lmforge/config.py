@@ -64,6 +64,9 @@ class TrainConfig(Section):
     legacy_weights_file: str | None = Field(
         "simple_lm_trained.pth", description="also mirror the newest weights to this file in the run dir (seed 002); None = off"
     )
+    init_from: str | None = Field(
+        None, description='initial weights for a fresh run: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR" or "RUN_DIR:SLOT"; None = random init'
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":

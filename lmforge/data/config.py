@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_core import PydanticCustomError
 
 from lmforge.config_base import Section
+from lmforge.data.adaptive import AdaptiveConfig
 from lmforge.registry import SOURCES
 
 
@@ -56,6 +57,10 @@ class DataConfig(Section):
     source_weights: list[float] | None = Field(
         None, description="mix 'weighted' only: one positive weight per entry of `sources`, in the same order (need not sum to 1)"
     )
+    adaptive: AdaptiveConfig | None = Field(
+        None, description="reweight sources by their recent training loss (higher loss -> drawn more); every mix mode then "
+        "draws by weight, see data/adaptive.py; None = off"
+    )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -63,6 +68,13 @@ class DataConfig(Section):
         None, description="drop documents whose metadata.quality is below this (documents without a quality are kept); None = off"
     )
     min_text_length: int = Field(0, ge=0, description="drop text documents with fewer characters than this (token documents are kept); 0 = off")
+    dedupe: bool = Field(
+        False, description="drop a document whose exact content (text, or token ids) already appeared in this epoch of its source; "
+        "holds ~70 bytes per distinct document per reader, and a resume re-reads the epoch so far (see data/dedupe.py)"
+    )
+    cache_size: int = Field(
+        1000, ge=0, description="decoded samples kept per map-style source (binary windows, hdf5 rows) in an LRU cache, per reader; 0 = off"
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 = read in the training process")
     shuffle_buffer: int = Field(1024, ge=0, description="packed blocks held for shuffling; 0 = no shuffling")
     seed: int = 1337

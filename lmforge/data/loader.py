@@ -12,6 +12,7 @@ from typing import Any, Iterator, Literal, NamedTuple
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lmforge.data.adaptive import AdaptiveWeights
 from lmforge.data.config import DataConfig
 from lmforge.data.errors import DataError
 from lmforge.data.mixer import RoundRobin
@@ -56,6 +57,7 @@ class TokenBatches(IterableDataset):
         self.states = dict(states or {})
         self.rotation = rotation
         self.sources = build_sources(cfg, split)
+        self.adaptive_weights: torch.Tensor | None = None  # data.adaptive: the shared tensor every reader draws by
 
     def reader_index(self, worker_id: int) -> int:
         return self.rank * self.workers + (worker_id + self.rotation) % self.workers
@@ -68,7 +70,7 @@ class TokenBatches(IterableDataset):
             self.sources, self.tokenizer, seq_length=self.seq_length, batch_size=self.batch_size,
             reader=reader, num_readers=self.num_readers, loop=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0, seed=self.cfg.seed, state=self.states.get(reader),
-            mix=self.cfg.mix, source_weights=self.cfg.source_weights,
+            mix=self.cfg.mix, source_weights=self.cfg.source_weights, adaptive_weights=self.adaptive_weights,
         )
         try:
             for batch, update in stream.batches():
@@ -99,6 +101,20 @@ class DataPipeline:
         self.next_reader = 0  # logical local reader whose batch comes next
         self.batches_consumed = 0
         self._iter: Iterator | None = None
+        self.adaptive: AdaptiveWeights | None = None
+        if cfg.adaptive is not None and split == "train":
+            names = [sc.name or sc.type for sc in cfg.sources]
+            self.adaptive = AdaptiveWeights(cfg.adaptive, names, cfg.source_weights)
+            self.dataset.adaptive_weights = self.adaptive.weights  # shared memory, created before any worker starts
+
+    def observe_losses(self, source_ids: torch.Tensor, per_sequence_losses: torch.Tensor, tokens: int) -> None:
+        """data.adaptive: the trainer reports each trained sequence's loss (B,) and source (B,), and the tokens trained."""
+        if self.adaptive is not None:
+            self.adaptive.observe(source_ids, per_sequence_losses, tokens)
+
+    def adaptive_metrics(self) -> dict[str, float]:
+        """`loss/<source>` and `weight/<source>` for the metrics log; empty when data.adaptive is off."""
+        return self.adaptive.metrics() if self.adaptive is not None else {}
 
     def _start(self) -> Iterator:
         self.dataset.states = dict(self.readers)
@@ -146,6 +162,7 @@ class DataPipeline:
             "world_size": self.world_size,
             "seq_length": self.seq_length,
             "split": self.split,
+            **({"adaptive": self.adaptive.state_dict()} if self.adaptive is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,6 +180,8 @@ class DataPipeline:
         self.readers = {int(reader): reader_state for reader, reader_state in state["readers"].items()}
         self.next_reader = int(state["next_reader"])
         self.batches_consumed = int(state["batches_consumed"])
+        if self.adaptive is not None and "adaptive" in state:
+            self.adaptive.load_state_dict(state["adaptive"])
 
 
 def build_val_batches(

@@ -7,7 +7,7 @@ proportional to `source_weights[i]`, drawn from a seeded counter so a resume rep
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Literal, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class Mixer:
             iters[i] = self.streams[i].documents(states[i])
         try:
             doc, states[i] = next(iters[i])
+            doc["source_index"] = i
             return doc
         except StopIteration:
             status[i] = DONE
@@ -117,22 +118,25 @@ class Weighted(Mixer):
 
     Keying each draw by its counter (saved in the state) makes a resumed run repeat the uninterrupted run's
     choices exactly. A stream that ends (finite streams: val, tokenizer text) leaves the draw to the rest.
+    `weights` may be a shared float64 torch tensor (data.adaptive): every draw reads its current values.
     """
 
-    def __init__(self, streams: list[DocumentStream], weights: list[float], seed: int):
+    def __init__(self, streams: list[DocumentStream], weights: Any, seed: int):
         super().__init__(streams)
-        if len(weights) != len(streams) or any(w <= 0 for w in weights):
-            raise ValueError(f"need one positive weight per stream ({len(streams)}), got {weights}")
-        self.weights = np.asarray(weights, dtype=np.float64)
+        if len(weights) != len(streams) or any(float(w) <= 0 for w in weights):
+            raise ValueError(f"need one positive weight per stream ({len(streams)}), got {list(weights)}")
+        self.weights = weights
         self.seed = seed
 
     def documents(self, state: dict | None = None) -> Iterator[tuple[Document, dict]]:
         states, status, errors = self._restore(state)
         draws: int = state["draws"] if state else 0
+        # A tensor's .numpy() is a view of its (shared) storage, taken here, inside the reader's process.
+        weights = self.weights.numpy() if hasattr(self.weights, "numpy") else np.asarray(self.weights, dtype=np.float64)
         iters: dict[int, Iterator[tuple[Document, dict]]] = {}
         while LIVE in status:
             live = np.array([s == LIVE for s in status])
-            p = np.where(live, self.weights, 0.0)
+            p = np.where(live, weights, 0.0)
             cumulative = np.cumsum(p / p.sum())
             u = np.random.default_rng([self.seed, draws]).random()
             i = min(int(np.searchsorted(cumulative, u, side="right")), len(p) - 1)

@@ -30,10 +30,14 @@ class Packer:
     `finite=True` (val) pads the final partial block with -100 instead of dropping it.
     """
 
-    def __init__(self, encode: Callable[[str], list[int]], eos_id: int | None, seq_length: int, finite: bool):
+    def __init__(self, encode: Callable[[str], list[int]], eos_id: int | None, seq_length: int, finite: bool, tag_source: bool = False):
         if seq_length < 1:
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
         self.encode, self.eos_id, self.seq_length, self.finite = encode, eos_id, seq_length, finite
+        # data.adaptive: append the block's source index as one extra trailing id (collate splits it off). The
+        # block is credited to the document that supplied its last token, so a block spanning two documents
+        # counts for the later one.
+        self.tag_source = tag_source
         self.upstream: dict | None = None
         self._buf = EMPTY
         self._pos = 0
@@ -60,7 +64,7 @@ class Packer:
             while len(self._buf) - self._pos >= width:
                 block = self._buf[self._pos:self._pos + width]
                 self._pos += self.seq_length
-                yield block
+                yield np.append(block, doc.get("source_index", 0)) if self.tag_source else block
         rest = self._buf[self._pos:]
         if self.finite and len(rest) > 1:
             block = np.full(width, IGNORE_INDEX, dtype=np.int64)

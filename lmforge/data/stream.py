@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from lmforge.data.config import DataConfig
+from lmforge.data.dedupe import DedupedSource, deduped
 from lmforge.data.filters import FilteredSource, filtered
 from lmforge.data.mixer import MixMode, RoundRobin, Sequential, Weighted
 from lmforge.data.packer import IGNORE_INDEX, Packer
@@ -24,29 +25,42 @@ from lmforge.registry import SOURCES
 Batch = dict[str, torch.Tensor]
 
 
-def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource]:
-    """One Source per configured entry, behind the quality filter when one is set; raises DataError here for missing paths and the like."""
+def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource | DedupedSource]:
+    """One Source per configured entry, behind the quality filter and the duplicate filter when they are set;
+    raises DataError here for missing paths and the like."""
     import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
 
-    return [
-        filtered(SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed), cfg.quality_threshold, cfg.min_text_length)
-        for sc in cfg.sources
-    ]
+    sources = [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed) for sc in cfg.sources]
+    for source in sources:
+        source.use_cache(cfg.cache_size)
+    return [deduped(filtered(source, cfg.quality_threshold, cfg.min_text_length), cfg.dedupe) for source in sources]
 
 
-def collate(blocks: list[np.ndarray]) -> Batch:
-    """Stack blocks of seq_length + 1 into input_ids/labels [B, seq_length]; padding gets input 0, label -100."""
+def collate(blocks: list[np.ndarray], tagged: bool = False) -> Batch:
+    """Stack blocks of seq_length + 1 into input_ids/labels [B, seq_length]; padding gets input 0, label -100.
+
+    `tagged` blocks carry their source index as one extra last id (data.adaptive), returned as source_ids (B,).
+    """
     arr = np.stack(blocks)
+    out: Batch = {}
+    if tagged:
+        out["source_ids"] = torch.from_numpy(np.ascontiguousarray(arr[:, -1]))
+        arr = arr[:, :-1]
     labels = arr[:, 1:]
     inputs = np.where(labels == IGNORE_INDEX, 0, arr[:, :-1])
-    return {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)), "labels": torch.from_numpy(np.ascontiguousarray(labels))}
+    return {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)), "labels": torch.from_numpy(np.ascontiguousarray(labels)), **out}
 
 
 def build_mixer(
     sources: list[Source], reader: int, num_readers: int, loop: bool, mix: MixMode = "round_robin",
-    source_weights: list[float] | None = None, seed: int = 0,
+    source_weights: list[float] | None = None, seed: int = 0, adaptive_weights: torch.Tensor | None = None,
 ) -> RoundRobin | Sequential | Weighted:
-    """The mixer over this reader's shard of each source; `sequential` owns the epochs itself, so its shards are one pass each."""
+    """The mixer over this reader's shard of each source; `sequential` owns the epochs itself, so its shards are one pass each.
+
+    With `adaptive_weights` (data.adaptive) every mode draws by those live weights.
+    """
+    if adaptive_weights is not None:
+        return Weighted([ShardedDocuments(s, reader, num_readers, loop) for s in sources], adaptive_weights, seed=seed)
     if mix == "sequential":
         return Sequential([ShardedDocuments(s, reader, num_readers, loop=False) for s in sources], loop=loop)
     shards = [ShardedDocuments(s, reader, num_readers, loop) for s in sources]
@@ -75,12 +89,14 @@ class ReaderStream:
         state: dict | None = None,
         mix: MixMode = "round_robin",
         source_weights: list[float] | None = None,
+        adaptive_weights: torch.Tensor | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.mixer = build_mixer(sources, reader, num_readers, loop, mix, source_weights, seed)
-        self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop)
+        self.mixer = build_mixer(sources, reader, num_readers, loop, mix, source_weights, seed, adaptive_weights)
+        self.tagged = adaptive_weights is not None
+        self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged)
         self.shuffle = ShuffleBuffer(shuffle_buffer, seed, reader) if shuffle_buffer > 0 else None
         if state is not None:
             self.packer.load_state_dict({"upstream": state["mixer"], "leftover": state["leftover"]})
@@ -104,10 +120,10 @@ class ReaderStream:
         for block in blocks:
             rows.append(block)
             if len(rows) == self.batch_size:
-                yield collate(rows), self._update()
+                yield collate(rows, self.tagged), self._update()
                 rows = []
         if rows:
-            yield collate(rows), self._update()
+            yield collate(rows, self.tagged), self._update()
 
 
 def merge_reader_state(full: dict | None, update: dict) -> dict:

@@ -9,14 +9,22 @@ from lmforge.generation.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from lmforge.generation.speculative import SpeculativeResult, speculative_generate, verify
+from lmforge.generation.stop import TextStreamer, find_stop, trim_at_stop
 
 __all__ = [
     "SamplingConfig",
+    "SpeculativeResult",
+    "TextStreamer",
     "apply_repetition_penalty",
     "block_repeated_ngrams",
+    "find_stop",
     "generate",
     "min_p_filter",
     "sample_next",
+    "speculative_generate",
     "top_k_filter",
     "top_p_filter",
+    "trim_at_stop",
+    "verify",
 ]

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.generation.sampling import SamplingConfig, sample_next
+from lmforge.generation.stop import find_stop
 
 StreamCallback = Callable[[int, int], None]  # (prompt index, token id)
 
@@ -29,12 +30,18 @@ def generate(
     stop_ids: Iterable[int] | None = None,
     use_cache: bool = True,
     stream_callback: StreamCallback | None = None,
+    stop_strings: Sequence[str] | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens per prompt, in order.
 
     A row ends at its first token in `stop_ids`, which is not returned.
     `stream_callback(prompt_index, token_id)` is called for each returned token
-    as soon as it is chosen. Once a context outgrows the model's `block_size`,
+    as soon as it is chosen. With `stop_strings` (and `decode`, ids -> text), a
+    row also ends as soon as its decoded continuation contains one of them; its
+    tokens up to and including the one that completed it are returned (a token
+    may straddle the stop string; `trim_at_stop(decode(ids), stop_strings)` gives
+    the text before it). Once a context outgrows the model's `block_size`,
     only its last `block_size` tokens are seen (the cache is re-prefilled with
     them each step, which then costs what a cacheless step does). Runs under
     `torch.inference_mode()` in eval mode; the caller may wrap it in autocast.
@@ -47,6 +54,10 @@ def generate(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
     stops = set(stop_ids or ())
+    stop_strings = [s for s in stop_strings or () if s]
+    if stop_strings and decode is None:
+        raise ValueError("stop_strings need decode (token ids -> text) to be matched")
+    text_stop = (lambda ids: find_stop(decode(ids), stop_strings) is not None) if stop_strings else None
     device = next(model.parameters()).device
     generator = None if sampling.seed is None else torch.Generator(device=device).manual_seed(sampling.seed)
 
@@ -62,7 +73,7 @@ def generate(
             for rows in by_length.values():
                 ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)  # (B, T)
                 emit = None if stream_callback is None else (lambda b, tok, rows=rows: stream_callback(rows[b], tok))
-                new = _generate_batch(model, ids, max_new_tokens, sampling, stops, use_cache, generator, emit)
+                new = _generate_batch(model, ids, max_new_tokens, sampling, stops, use_cache, generator, emit, text_stop)
                 for i, tokens in zip(rows, new):
                     results[i] = tokens
     finally:
@@ -79,6 +90,7 @@ def _generate_batch(
     use_cache: bool,
     generator: torch.Generator | None,
     emit: StreamCallback | None,
+    text_stop: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Decode one batch of equal-length prompts ids (B, T)."""
     B = ids.size(0)
@@ -103,6 +115,8 @@ def _generate_batch(
             out[b].append(tok)
             if emit is not None:
                 emit(b, tok)
+            if text_stop is not None and text_stop(out[b]):
+                done[b] = True
         if all(done):
             break
     return out

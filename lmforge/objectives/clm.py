@@ -22,6 +22,13 @@ def next_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torc
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
+def per_sequence_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) mean CE of each row over its non-pad targets (NaN for a row with none), for data.adaptive's per-source loss."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+    valid = (labels != IGNORE_INDEX).sum(dim=1)
+    return ce.sum(dim=1) / valid.float()
+
+
 @OBJECTIVES.register("clm", config=CLMConfig)
 class CausalLM:
     def __init__(self, cfg: CLMConfig):
@@ -30,4 +37,7 @@ class CausalLM:
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(batch["input_ids"])
         loss = next_token_cross_entropy(out.logits, batch["labels"])
-        return loss, {"ce": loss.detach()}
+        metrics = {"ce": loss.detach()}
+        if "source_ids" in batch:  # data.adaptive is on: the trainer hands these to the data pipeline
+            metrics["per_sequence_loss"] = per_sequence_cross_entropy(out.logits.detach(), batch["labels"])
+        return loss, metrics

@@ -30,6 +30,7 @@ from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping
 from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_save, unique_state_dict
+from lmforge.training.init_from import init_weights_from
 from lmforge.training.metrics import MetricsLogger
 from lmforge.training.optim import build_optimizer
 from lmforge.training.samples import write_samples
@@ -134,6 +135,8 @@ class Trainer:
         model = build_model(mcfg)
         for swap in preset.layer_swaps:
             model = LAYER_SWAPS.get(swap.name)(model, swap)
+        if preset.train.init_from:  # a checkpoint of this run, if any, replaces these weights in resume()
+            init_weights_from(model, preset.train.init_from)
         return model.to(rt.device)
 
     # ------------------------------------------------------------------ state
@@ -274,6 +277,11 @@ class Trainer:
                 with rt.autocast():
                     loss, metrics = self.objective(model, batch, ctx)
                 self.scaler.scale(loss / accum).backward()
+            per_sequence = metrics.pop("per_sequence_loss", None)
+            if "source_ids" in batch:  # data.adaptive: each source's loss steers how often it is drawn
+                if per_sequence is None:
+                    raise PresetError(f"data.adaptive needs an objective that reports per_sequence_loss (clm does); {self.preset.objective.name!r} does not")
+                self.train_data.observe_losses(batch["source_ids"], per_sequence, int((batch["labels"] != -100).sum()))
             total_loss += loss.detach() / accum
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32).detach() / accum
@@ -383,6 +391,7 @@ class Trainer:
         if self.flops_per_token and self.peak_flops:
             per_device = tokens_per_sec / self.runtime.world_size
             row["mfu"] = self.flops_per_token * per_device / self.peak_flops
+        row.update(self.train_data.adaptive_metrics())
         row.update(self.runtime.memory_stats())
         return row
 

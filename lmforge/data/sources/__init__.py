@@ -1,5 +1,6 @@
 """Document sources; importing this package registers every shipped source type in lmforge.registry.SOURCES."""
 from lmforge.data.sources.base import Document, FileSourceConfig, Source, SourceConfig
+from lmforge.data.sources.auto import AutoSource, AutoSourceConfig
 from lmforge.data.sources.binary import BinarySource, BinarySourceConfig
 from lmforge.data.sources.hdf5 import Hdf5Source, Hdf5SourceConfig
 from lmforge.data.sources.hf import HFSource, HFSourceConfig
@@ -11,7 +12,7 @@ from lmforge.data.sources.python_stdlib import PythonStdlibSource, PythonStdlibS
 from lmforge.data.sources.text import TextSource, TextSourceConfig
 
 __all__ = [
-    "BinarySource", "BinarySourceConfig", "Document", "FileSourceConfig", "Hdf5Source", "Hdf5SourceConfig", "HFSource", "HFSourceConfig", "JsonSamplesSource", "JsonSamplesSourceConfig", "JsonlSource", "JsonlSourceConfig",
+    "AutoSource", "AutoSourceConfig", "BinarySource", "BinarySourceConfig", "Document", "FileSourceConfig", "Hdf5Source", "Hdf5SourceConfig", "HFSource", "HFSourceConfig", "JsonSamplesSource", "JsonSamplesSourceConfig", "JsonlSource", "JsonlSourceConfig",
     "PdfSource", "PdfSourceConfig", "PickleSource", "PickleSourceConfig", "PythonStdlibSource", "PythonStdlibSourceConfig",
     "Source", "SourceConfig", "TextSource", "TextSourceConfig",
 ]

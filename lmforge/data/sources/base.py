@@ -28,6 +28,7 @@ SKIP_WORDING = {
     "no_text_pdf": "PDFs without extractable text (image-only?) skipped",
     "low_quality": "documents below data.quality_threshold skipped",
     "too_short": "documents shorter than data.min_text_length skipped",
+    "duplicate": "exact duplicate documents skipped (data.dedupe)",
 }
 
 
@@ -38,6 +39,7 @@ class Document(TypedDict):
     tokens: NotRequired[list[int]]  # already tokenized (binary, hdf5): the packer uses these and ignores `text`
     target: NotRequired[Any]  # supervised target (json_samples, pickle), kept for input->target objectives
     quality: NotRequired[float]  # the record's metadata.quality, for data.quality_threshold
+    source_index: NotRequired[int]  # set by the mixer: which configured source this came from (for data.adaptive)
 
 
 class SourceConfig(Section):
@@ -123,6 +125,9 @@ class Source(ABC):
 
     def describe_skips(self) -> str:
         return ", ".join(f"{n} {SKIP_WORDING.get(r, r)}" for r, n in sorted(self.skipped.items())) or "nothing skipped"
+
+    def use_cache(self, size: int) -> None:
+        """Map-style sources (binary, hdf5) keep up to `size` decoded samples in an LRU cache; streams have none."""
 
     @abstractmethod
     def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:

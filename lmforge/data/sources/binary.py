@@ -15,6 +15,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import Field
 
+from lmforge.data.cache import SampleCache
 from lmforge.data.config import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
@@ -67,6 +68,10 @@ class BinarySource(Source):
         self.shuffle = config.shuffle
         self.meta = [read_sidecar(self.name, f, config.dtype) for f in self.files]
         self._table: list[tuple[int, int, int]] | None = None
+        self.cache = SampleCache()
+
+    def use_cache(self, size: int) -> None:
+        self.cache.resize(size)
 
     def tokens(self, index: int) -> np.ndarray:
         dtype = np.dtype(self.meta[index]["dtype"])
@@ -94,9 +99,9 @@ class BinarySource(Source):
     def _kept(self, ids: np.ndarray) -> bool:
         return self.tail or in_hash_split(ids.tobytes(), self.split, self.validation.fraction)
 
-    def _document(self, ids: np.ndarray) -> Document:
+    def _document(self, index: int, ids: np.ndarray, start: int, end: int) -> Document:
         doc = self.make_document("", False)
-        doc["tokens"] = ids.tolist()
+        doc["tokens"] = self.cache.get((index, start, end), lambda: ids[start:end].tolist())
         return doc
 
     def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:
@@ -112,7 +117,7 @@ class BinarySource(Source):
                 continue
             for start, end in self._windows(index, state["offset"] if state and index == first else None):
                 if self._kept(ids[start:end]):
-                    yield self._document(ids[start:end]), {"file": index, "offset": end}
+                    yield self._document(index, ids, start, end), {"file": index, "offset": end}
         self.finish_pass(counts)
 
     def window_table(self) -> list[tuple[int, int, int]]:
@@ -130,4 +135,4 @@ class BinarySource(Source):
         files = [self.tokens(i) for i in range(len(self.files))]
         for k in range(state["pos"] if state else 0, len(order)):
             index, start, end = table[order[k]]
-            yield self._document(files[index][start:end]), {"pos": k + 1}
+            yield self._document(index, files[index], start, end), {"pos": k + 1}

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import Field
 
+from lmforge.data.cache import SampleCache
 from lmforge.data.config import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
@@ -52,6 +53,10 @@ class Hdf5Source(Source):
         self.cfg = config
         self.files = resolve_files(self.name, config.path, HDF5_SUFFIXES)
         require_nonempty(self.name, self.files)
+        self.cache = SampleCache()
+
+    def use_cache(self, size: int) -> None:
+        self.cache.resize(size)
 
     def _datasets(self, f: Any, path: Path) -> tuple[Any, Any, dict[str, Any]]:
         """(inputs, targets or None, group attributes), checked for shape and dtype."""
@@ -87,7 +92,8 @@ class Hdf5Source(Source):
                     lo, hi = (0, cut) if self.split == "train" else (cut, n)
                 quality = attrs.get("quality")
                 for row in range(state["row"] if state and index == first else lo, hi):
-                    doc = self._row_document(inputs[row], targets[row] if targets is not None else None, quality, counts, f"{path} row {row}")
+                    ids, target = self.cache.get((index, row), lambda: (inputs[row], targets[row] if targets is not None else None))
+                    doc = self._row_document(ids, target, quality, counts, f"{path} row {row}")
                     if doc is not None:
                         yield doc, {"file": index, "row": row + 1}
         self.finish_pass(counts)

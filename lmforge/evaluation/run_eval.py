@@ -1,0 +1,63 @@
+"""Evaluate a saved run on its own val split, another preset's val split, or a whole source.
+
+The trainer's `evaluate_lm` does the arithmetic; this module only decides which
+text becomes batches, and writes the result next to the run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Preset, load_preset
+from lmforge.data import DataConfig, build_val_batches
+from lmforge.data.stream import ReaderStream, build_sources
+from lmforge.evaluation.lm import evaluate_lm
+from lmforge.inference import LoadedRun, load_run
+from lmforge.runtime import setup_runtime
+
+
+def whole_source_batches(data: DataConfig, tokenizer: Any, batch_size: int, seq_length: int, max_batches: int | None) -> list[dict]:
+    """Every document of the sources (their train and val splits together), packed as val is: unshuffled, padded at the end."""
+    sources = build_sources(data, "train") + build_sources(data, "val")
+    stream = ReaderStream(
+        sources, tokenizer, seq_length=seq_length, batch_size=batch_size,
+        reader=0, num_readers=1, loop=False, shuffle_buffer=0, seed=data.seed,
+    )
+    batches = []
+    for batch, _ in stream.batches():
+        batches.append(batch)
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+    if not batches:
+        raise ValueError("the evaluation source gives no text")
+    return batches
+
+
+def eval_batches(run: LoadedRun, data: str | None, max_batches: int | None) -> tuple[list[dict], str]:
+    """Batches for `data` (None = the run's val split; a preset name/path = its val split; a JSON object = one
+    source spec, evaluated whole), tokenized with the run's tokenizer; and a label saying what was evaluated."""
+    preset: Preset = run.preset
+    seq_length = preset.data.seq_length or preset.model.block_size
+    batch_size = preset.train.batch_size
+    if data is None or not data.lstrip().startswith("{"):
+        data_cfg = preset.data if data is None else load_preset(data).data
+        n = max_batches if max_batches is not None else preset.train.eval_batches
+        label = "val split of the run" if data is None else f"val split of preset {data}"
+        return build_val_batches(data_cfg, run.tokenizer, batch_size, seq_length, max_batches=n), label
+    spec = json.loads(data)
+    data_cfg = DataConfig.model_validate({**preset.data.model_dump(), "sources": [spec]})
+    return whole_source_batches(data_cfg, run.tokenizer, batch_size, seq_length, max_batches), f"source {data}"
+
+
+def evaluate_run(run_dir: Path | str, slot: str | None = None, data: str | None = None, max_batches: int | None = None) -> dict:
+    """Val loss, perplexity, token accuracy, bits per byte (and per char) of a run's checkpoint; saved as eval_<slot>.json."""
+    run_dir = Path(run_dir)
+    runtime = setup_runtime(device="auto", precision="fp32")
+    run = load_run(run_dir, slot, device=runtime.device)
+    batches, label = eval_batches(run, data, max_batches)
+    tok = run.tokenizer
+    metrics = evaluate_lm(run.model, batches, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
+    result = {"slot": run.slot, "step": run.step, "data": label, "batches": len(batches), **metrics}
+    (run_dir / f"eval_{run.slot}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

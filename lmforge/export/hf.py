@@ -1,0 +1,176 @@
+"""Export a `gpt` model to Hugging Face transformers: Llama when RoPE/RMSNorm/SwiGLU, GPT-2 when learned/LayerNorm/GELU.
+
+Weights are renamed and reshaped only; the test checks the logits of the
+reloaded model against lmforge's. Two conventions differ from lmforge's:
+- RoPE: lmforge rotates channel pairs (i, i + hs/2) by -angle ([x1 cos + x2 sin,
+  x2 cos - x1 sin]); HF Llama's `rotate_half` rotates the same pairs by +angle.
+  Negating the second half of every q and k head turns one into the other
+  (R(-a) = F R(a) F with F that sign flip, and F is orthogonal, so q.k is kept).
+- GPT-2 stores Linear weights as Conv1D (in, out), has no GQA (k and v heads are
+  repeated), and always has biases and LayerNorm offsets (zeros when lmforge has none).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lmforge.models.gpt import GPT, GPTConfig
+
+if TYPE_CHECKING:  # transformers is an optional extra, imported where it is used
+    from transformers import PretrainedConfig
+
+
+class ExportError(ValueError):
+    pass
+
+
+def hf_style(cfg: GPTConfig) -> str:
+    """'llama' or 'gpt2', or an ExportError naming the fields to change."""
+    if cfg.pos_embedding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu":
+        return "llama"
+    if cfg.pos_embedding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu":
+        return "gpt2"
+    raise ExportError(
+        f"no Hugging Face architecture for pos_embedding={cfg.pos_embedding}, norm={cfg.norm}, mlp={cfg.mlp}: "
+        "export supports rope+rmsnorm+swiglu (Llama) and learned+layernorm+gelu (GPT-2); use --format safetensors"
+    )
+
+
+def _flip_rope_half(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Negate the second half of each head's output rows of a q or k projection (weight or bias)."""
+    w = w.clone().view(n_heads, head_dim, *w.shape[1:])
+    w[:, head_dim // 2 :] *= -1
+    return w.view(n_heads * head_dim, *w.shape[2:])
+
+
+def llama_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], PretrainedConfig]:
+    """LlamaForCausalLM's state dict and config: fused qkv and gate/up split apart, q/k heads sign-fixed for RoPE."""
+    from transformers import LlamaConfig
+
+    c = model.config
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scale != 1.0:
+        rope = {"rope_type": "linear", "rope_theta": c.rope_theta, "factor": 1.0 / c.rope_scale}
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden_dim, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_dim, hidden_act="silu",
+        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, rope_parameters=rope,
+        tie_word_embeddings=c.tie_embeddings, attention_bias=c.bias, mlp_bias=c.bias,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    hs, nh, nkv = c.head_dim, c.n_head, c.kv_heads
+    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight}
+    if not c.tie_embeddings:
+        sd["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = block.ln_1.weight
+        sd[p + "post_attention_layernorm.weight"] = block.ln_2.weight
+        names = ("weight", "bias") if c.bias else ("weight",)
+        for name in names:
+            q, k, v = getattr(block.attn.c_attn, name).split([nh * hs, nkv * hs, nkv * hs], dim=0)
+            sd[p + f"self_attn.q_proj.{name}"] = _flip_rope_half(q, nh, hs)
+            sd[p + f"self_attn.k_proj.{name}"] = _flip_rope_half(k, nkv, hs)
+            sd[p + f"self_attn.v_proj.{name}"] = v
+            sd[p + f"self_attn.o_proj.{name}"] = getattr(block.attn.c_proj, name)
+            gate, up = getattr(block.mlp.c_fc, name).chunk(2, dim=0)
+            sd[p + f"mlp.gate_proj.{name}"], sd[p + f"mlp.up_proj.{name}"] = gate, up
+            sd[p + f"mlp.down_proj.{name}"] = getattr(block.mlp.c_proj, name)
+    return sd, config
+
+
+def gpt2_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], PretrainedConfig]:
+    """GPT2LMHeadModel's state dict and config: Conv1D (in, out) weights, kv heads repeated, zeros for absent biases."""
+    from transformers import GPT2Config
+
+    c = model.config
+    config = GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        n_inner=c.mlp_hidden_dim, activation_function="gelu", layer_norm_epsilon=c.norm_eps,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=None, eos_token_id=None,
+    )
+    hs, nh, nkv = c.head_dim, c.n_head, c.kv_heads
+
+    def bias(module: torch.nn.Module, size: int) -> torch.Tensor:
+        b = getattr(module, "bias", None)
+        return b if b is not None else torch.zeros(size)
+
+    def expand_kv(w: torch.Tensor) -> torch.Tensor:
+        """(nkv*hs, ...) -> (nh*hs, ...): query head j reads kv head j // (nh/nkv), as SDPA's enable_gqa does."""
+        return w.view(nkv, hs, *w.shape[1:]).repeat_interleave(nh // nkv, dim=0).reshape(nh * hs, *w.shape[1:])
+
+    sd = {
+        "transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight,
+        "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": bias(model.ln_f, c.n_embd),
+    }
+    if not c.tie_embeddings:
+        sd["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        a, m = block.attn, block.mlp
+        q, k, v = a.c_attn.weight.split([nh * hs, nkv * hs, nkv * hs], dim=0)
+        qb, kb, vb = bias(a.c_attn, (nh + 2 * nkv) * hs).split([nh * hs, nkv * hs, nkv * hs])
+        sd[p + "attn.c_attn.weight"] = torch.cat([q, expand_kv(k), expand_kv(v)]).T  # Conv1D: (in, out)
+        sd[p + "attn.c_attn.bias"] = torch.cat([qb, expand_kv(kb), expand_kv(vb)])
+        sd[p + "attn.c_proj.weight"] = a.c_proj.weight.T
+        sd[p + "attn.c_proj.bias"] = bias(a.c_proj, c.n_embd)
+        sd[p + "mlp.c_fc.weight"] = m.c_fc.weight.T
+        sd[p + "mlp.c_fc.bias"] = bias(m.c_fc, c.mlp_hidden_dim)
+        sd[p + "mlp.c_proj.weight"] = m.c_proj.weight.T
+        sd[p + "mlp.c_proj.bias"] = bias(m.c_proj, c.n_embd)
+        for ln in ("ln_1", "ln_2"):
+            norm = getattr(block, ln)
+            sd[p + f"{ln}.weight"], sd[p + f"{ln}.bias"] = norm.weight, bias(norm, c.n_embd)
+    return sd, config
+
+
+@torch.no_grad()
+def to_hf_model(model: GPT) -> torch.nn.Module:
+    """A transformers LlamaForCausalLM or GPT2LMHeadModel (fp32, eval mode) with `model`'s weights."""
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    if not isinstance(model, GPT):
+        raise ExportError(f"--format hf exports `gpt` models only (got {type(model).__name__}); use --format safetensors")
+    style = hf_style(model.config)
+    sd, config = (llama_state_and_config if style == "llama" else gpt2_state_and_config)(model)
+    hf = (LlamaForCausalLM if style == "llama" else GPT2LMHeadModel)(config)
+    missing, unexpected = hf.load_state_dict({k: v.detach().float().contiguous() for k, v in sd.items()}, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")]
+    if missing or unexpected:
+        raise ExportError(f"weight mapping is incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.float().eval()
+
+
+def save_hf_tokenizer(tokenizer: object, out: Path) -> str:
+    """bpe/pretrained: a PreTrainedTokenizerFast (tokenizer.json + tokenizer_config.json) that AutoTokenizer loads.
+
+    char and byte tokenizers have no transformers class: their lmforge files go to
+    `out/lmforge_tokenizer/` (load with `lmforge.data.load_tokenizer`); returns what was saved.
+    """
+    hf_tok = getattr(tokenizer, "tok", None)
+    if hf_tok is None:
+        tokenizer.save(out / "lmforge_tokenizer")
+        return f"lmforge {tokenizer.type} tokenizer in lmforge_tokenizer/ (no transformers equivalent)"
+    from transformers import PreTrainedTokenizerFast
+
+    eos = hf_tok.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    PreTrainedTokenizerFast(tokenizer_object=hf_tok, eos_token=eos).save_pretrained(str(out))
+    return "tokenizer.json (PreTrainedTokenizerFast)"
+
+
+def export_hf(model: GPT, tokenizer: object, out: Path | str) -> str:
+    """Write a `from_pretrained`-loadable folder; returns the architecture name and the tokenizer note."""
+    out = Path(out)
+    hf = to_hf_model(model)
+    if tokenizer.eos_id is not None:
+        hf.config.eos_token_id = tokenizer.eos_id
+        hf.generation_config.eos_token_id = tokenizer.eos_id
+    hf.save_pretrained(str(out))
+    note = save_hf_tokenizer(tokenizer, out)
+    return f"{type(hf).__name__}; {note}"

@@ -1,0 +1,51 @@
+"""`train.init_from`: start a new run from existing weights (a Hugging Face folder or another lmforge run).
+
+Applied only to a fresh run: the trainer's resume then overwrites the weights
+from the run's own checkpoint when it has one. The preset's model must have the
+same shapes as the source; zero-valued tensors the model lacks (the biases a
+GPT-2 export adds to a bias-free model) are dropped, since they change nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmforge.config import PresetError
+from lmforge.training.state import load_model_state
+
+
+def source_state(spec: str) -> dict[str, torch.Tensor]:
+    """Weights named by `spec`: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR" (newest slot) or "RUN_DIR:SLOT"."""
+    if spec.startswith("hf:"):
+        from lmforge.export.hf_import import load_hf_state
+
+        return load_hf_state(spec[3:])[1]
+    from lmforge.inference import load_run
+
+    path, slot = Path(spec), None
+    if not (path / "preset.json").is_file() and ":" in spec:
+        head, slot = spec.rsplit(":", 1)
+        path = Path(head)
+    return load_run(path, slot).model.state_dict()
+
+
+def init_weights_from(model: torch.nn.Module, spec: str) -> None:
+    """Copy the weights named by `spec` into `model`; a PresetError names any shape that differs."""
+    try:
+        state = source_state(spec)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise PresetError(f"train.init_from {spec!r}: {err}") from err
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or bool(v.count_nonzero())}
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    extra = [k for k in state if k not in own]
+    if wrong or extra:
+        raise PresetError(f"train.init_from {spec!r} does not fit the preset's model: "
+                          f"shapes {wrong[:3]}, weights the model lacks {extra[:3]}")
+    try:
+        with torch.no_grad():
+            load_model_state(model, {k: v.to(own[k].dtype) for k, v in state.items()})
+    except RuntimeError as err:
+        raise PresetError(f"train.init_from {spec!r}: {err}") from err
