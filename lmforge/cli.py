@@ -41,6 +41,26 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+class CommandError(Exception):
+    """A user-facing failure of a subcommand: printed as one line, exit code 2."""
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise CommandError(f"unrecognised arguments: {' '.join(extra)}")
+
+
+def _load_run(run_dir: str, slot: str | None = None):
+    """A trained run for generate/chat/eval/export, or a CommandError that says why not."""
+    from lmforge.inference import load_run
+    from lmforge.training.checkpoint import CheckpointError
+
+    try:
+        return load_run(run_dir, slot)
+    except (CheckpointError, PresetError) as err:
+        raise CommandError(str(err)) from None
+
+
 def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.data import DataError
     from lmforge.training.checkpoint import CheckpointError
@@ -68,15 +88,9 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
     from lmforge.generation import TextStreamer, generate
-    from lmforge.inference import load_run
-    from lmforge.training.checkpoint import CheckpointError
 
-    if extra:
-        return _fail(f"unrecognised arguments: {' '.join(extra)}")
-    try:
-        run = load_run(ns.run_dir, ns.slot)
-    except (CheckpointError, PresetError) as err:
-        return _fail(str(err))
+    _no_extra(extra)
+    run = _load_run(ns.run_dir, ns.slot)
     tok = run.tokenizer
     ids = tok.encode(ns.prompt) or [tok.eos_id or 0]
     sampling = _sampling(ns)
@@ -160,15 +174,9 @@ def _generate_speculative(
 
 def cmd_chat(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.generation.chat import COMMANDS, chat_loop
-    from lmforge.inference import load_run
-    from lmforge.training.checkpoint import CheckpointError
 
-    if extra:
-        return _fail(f"unrecognised arguments: {' '.join(extra)}")
-    try:
-        run = load_run(ns.run_dir, ns.slot)
-    except (CheckpointError, PresetError) as err:
-        return _fail(str(err))
+    _no_extra(extra)
+    run = _load_run(ns.run_dir, ns.slot)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {ns.run_dir} ({run.slot}, step {run.step}); {COMMANDS}", file=sys.stderr)
@@ -184,8 +192,7 @@ def cmd_eval(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.evaluation.run_eval import evaluate_run
     from lmforge.training.checkpoint import CheckpointError
 
-    if extra:
-        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    _no_extra(extra)
     try:
         result = evaluate_run(ns.run_dir, ns.slot, ns.data, ns.batches)
     except (CheckpointError, DataError, ValueError) as err:
@@ -201,8 +208,7 @@ def cmd_needle(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.inference import load_run
     from lmforge.training.checkpoint import CheckpointError
 
-    if extra:
-        return _fail(f"unrecognised arguments: {' '.join(extra)}")
+    _no_extra(extra)
     try:
         run = load_run(ns.run_dir, ns.slot)
         filler = Path(ns.filler).read_text(encoding="utf-8", errors="replace")
@@ -222,15 +228,9 @@ def cmd_needle(ns: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_export(ns: argparse.Namespace, extra: list[str]) -> int:
-    from lmforge.inference import load_run
-    from lmforge.training.checkpoint import CheckpointError
 
-    if extra:
-        return _fail(f"unrecognised arguments: {' '.join(extra)}")
-    try:
-        run = load_run(ns.run_dir, ns.slot)
-    except (CheckpointError, PresetError) as err:
-        return _fail(str(err))
+    _no_extra(extra)
+    run = _load_run(ns.run_dir, ns.slot)
     if ns.format == "safetensors":
         from lmforge.export import export_safetensors
 
@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(argv)
     try:
         return ns.func(ns, extra)
-    except PresetError as err:
+    except (PresetError, CommandError) as err:
         return _fail(str(err))
 
 

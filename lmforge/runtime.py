@@ -10,7 +10,7 @@ import datetime
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
