@@ -13,6 +13,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c "import lmforge, pytest, tensorboard, datasets, h5py, pypdf, transformers, lm_eval" 2>/dev/null; then
+if ! .venv/bin/python -c "import lmforge, pytest, tensorboard, datasets, h5py, pypdf, transformers, lm_eval, matplotlib" 2>/dev/null; then
   .venv/bin/pip install --quiet -e ".[dev]"
 fi
