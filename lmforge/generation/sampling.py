@@ -90,6 +90,18 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def warp_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p filtering (temperature > 0): the shape of the distribution drawn from."""
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None:
+        logits = top_k_filter(logits, cfg.top_k)
+    if cfg.top_p is not None:
+        logits = top_p_filter(logits, cfg.top_p)
+    if cfg.min_p is not None:
+        logits = min_p_filter(logits, cfg.min_p)
+    return logits
+
+
 def sample_next(
     logits: torch.Tensor,
     generated_ids: torch.Tensor,
@@ -107,12 +119,5 @@ def sample_next(
     logits = block_repeated_ngrams(logits, generated_ids, cfg.no_repeat_ngram_size)
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / cfg.temperature
-    if cfg.top_k is not None:
-        logits = top_k_filter(logits, cfg.top_k)
-    if cfg.top_p is not None:
-        logits = top_p_filter(logits, cfg.top_p)
-    if cfg.min_p is not None:
-        logits = min_p_filter(logits, cfg.min_p)
-    probs = logits.softmax(dim=-1)  # (B, V)
+    probs = warp_logits(logits, cfg).softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from lmforge.generation.sampling import SamplingConfig, min_p_filter, top_k_filter, top_p_filter
+from lmforge.generation.sampling import SamplingConfig, warp_logits
 
 
 @dataclass
@@ -38,14 +38,7 @@ def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     logits = logits.float()
     if cfg.temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.size(-1)).float()
-    logits = logits / cfg.temperature
-    if cfg.top_k is not None:
-        logits = top_k_filter(logits, cfg.top_k)
-    if cfg.top_p is not None:
-        logits = top_p_filter(logits, cfg.top_p)
-    if cfg.min_p is not None:
-        logits = min_p_filter(logits, cfg.min_p)
-    return logits.softmax(-1)
+    return warp_logits(logits, cfg).softmax(-1)
 
 
 def verify(
