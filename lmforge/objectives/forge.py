@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
-from lmforge.objectives.clm import IGNORE_INDEX
+from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
 from lmforge.registry import OBJECTIVES, SCHEDULES
 
 DEFAULT_CONTROLLER = "forge_controller"
@@ -138,10 +138,11 @@ class ForgeObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, Any]]:
         out = model(batch["input_ids"])
-        return compute_forge_loss(
+        loss, metrics = compute_forge_loss(
             out.logits, batch["labels"], out.hidden_states, unwrap_model(model).get_input_embeddings(), out.logits.size(-1),
             self.controller(ctx), IGNORE_INDEX, self.cfg.h_norm_weight, self.cfg.cos_weight,
         )
+        return add_model_terms(loss, out, metrics), metrics
 
     def state_dict(self) -> dict[str, float]:
         return self.controller.state_dict()

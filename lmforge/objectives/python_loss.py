@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
-from lmforge.objectives.clm import IGNORE_INDEX
+from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
 from lmforge.objectives.forge import AlphaController, controller_field, unwrap_model, validate_controller
 from lmforge.registry import OBJECTIVES
 
@@ -89,7 +89,8 @@ class PythonLoss:
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
             raise TypeError(f"loss function {self.cfg.path} must return (loss, metrics dict), got {type(result).__name__}")
         loss, metrics = result
-        return loss, {"alpha": alpha, **metrics}
+        metrics = {"alpha": alpha, **metrics}
+        return add_model_terms(loss, out, metrics), metrics
 
     def state_dict(self) -> dict[str, float]:
         return self.controller.state_dict()

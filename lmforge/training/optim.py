@@ -21,6 +21,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, train_cfg, runtime: Runtime) -> torch.optim.Optimizer:
     groups = [g for g in param_groups(model, train_cfg.weight_decay) if g["params"]]
+    for group in groups:  # a schedule's weight_decay_multiplier scales this, per group
+        group["base_weight_decay"] = group["weight_decay"]
     kwargs = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
     fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and runtime.fused_adamw_supported()
     if fused_ok and all(p.dtype.is_floating_point for g in groups for p in g["params"]):

@@ -2,6 +2,11 @@
 
 A schedule is built as `SCHEDULES.get(name)(config, total_steps)` and returns a
 function of the optimizer step (0-based) giving a multiplier of the peak value.
+
+A schedule may also carry two optional attributes the trainer reads:
+- `weight_decay_multiplier(step) -> float`: scales `train.weight_decay` in the
+  decayed parameter groups (BitNet b1.58 drops weight decay to 0 mid-run);
+- `describe(step) -> dict`: extra fields for the metrics row (a phase name, say).
 """
 from __future__ import annotations
 

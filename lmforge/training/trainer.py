@@ -315,8 +315,11 @@ class Trainer:
         with self._install_signal_handlers():
             while self.step < self.total_steps and self._stop_reason is None:
                 lr = tc.lr * self.lr_multiplier(self.step)
+                wd_multiplier = getattr(self.lr_multiplier, "weight_decay_multiplier", None)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                    if wd_multiplier is not None:
+                        group["weight_decay"] = group["base_weight_decay"] * wd_multiplier(self.step)
                 t0 = time.perf_counter()
                 loss, metrics, grad_norm = self.train_step(model, data_iter)
                 self.step += 1
@@ -388,6 +391,9 @@ class Trainer:
         }
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
+        describe = getattr(self.lr_multiplier, "describe", None)
+        if describe is not None:
+            row.update(describe(self.step - 1))  # the step just taken
         if self.flops_per_token and self.peak_flops:
             per_device = tokens_per_sec / self.runtime.world_size
             row["mfu"] = self.flops_per_token * per_device / self.peak_flops
