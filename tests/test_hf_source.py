@@ -62,3 +62,44 @@ def test_only_source_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="cannot open 'lmforge-tests/does-not-exist'"):
         next(_source({"type": "hf", "dataset": "lmforge-tests/does-not-exist"}).documents())
+
+
+def test_builtin_names_map_to_script_free_hub_datasets():
+    from lmforge.data.sources.hf import HF_ALIASES
+
+    assert set(HF_ALIASES) == {"wikipedia", "openwebtext", "c4", "bookcorpus", "pile_subset", "common_crawl"}
+    cfg = DataConfig.model_validate({"sources": [{"type": "hf", "dataset": "openwebtext"}]}).sources[0]
+    assert (cfg.dataset, cfg.subset, cfg.revision, cfg.name) == ("Skylion007/openwebtext", "plain_text", "refs/convert/parquet", "openwebtext")
+    own = DataConfig.model_validate({"sources": [{"type": "hf", "dataset": "wikipedia", "subset": "20231101.fr", "name": "wiki_fr"}]}).sources[0]
+    assert (own.dataset, own.subset, own.name) == ("wikimedia/wikipedia", "20231101.fr", "wiki_fr")  # the preset's own fields win
+
+
+def test_builtin_name_without_network_fails_fast_with_the_dataset_named(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="allenai/c4"):
+        next(_source({"type": "hf", "dataset": "c4"}).documents())
+    assert time.perf_counter() - t0 < 30
+
+
+def test_resume_uses_the_datasets_own_state(wiki_parquet, monkeypatch):
+    import datasets
+
+    path, rows = wiki_parquet
+    spec = {"type": "hf", "dataset": "parquet", "data_files": str(path)}
+    train_docs = [d["text"] for d, _ in _source(spec).documents()]
+    stream = _source(spec).documents()
+    for _ in range(25):
+        _, state = next(stream)
+    assert state["dataset"] is not None and state["read"] >= 25
+
+    def no_skip(self, n):
+        raise AssertionError("resume must seek with the dataset's state, not re-read with skip()")
+
+    monkeypatch.setattr(datasets.IterableDataset, "skip", no_skip)
+    assert [d["text"] for d, _ in _source(spec).documents(state)] == train_docs[25:]
+    legacy = {"read": state["read"]}  # a state saved before the dataset's own state was recorded
+    monkeypatch.undo()
+    assert [d["text"] for d, _ in _source(spec).documents(legacy)] == train_docs[25:]

@@ -116,6 +116,20 @@ class DataPipeline:
         """`loss/<source>` and `weight/<source>` for the metrics log; empty when data.adaptive is off."""
         return self.adaptive.metrics() if self.adaptive is not None else {}
 
+    def skip_metrics(self) -> dict[str, int]:
+        """`data_skipped/<source>/<reason>`: bad records met so far, for the metrics log.
+
+        Every reader reads all of a source's records (sharding picks documents after parsing), so each
+        reader meets every bad record; the count is the furthest reader's, not a sum over readers.
+        """
+        totals: dict[str, int] = {}
+        for state in self.readers.values():
+            for source, reasons in state.get("skipped", {}).items():
+                for reason, n in reasons.items():
+                    key = f"data_skipped/{source}/{reason}"
+                    totals[key] = max(totals.get(key, 0), int(n))
+        return totals
+
     def _start(self) -> Iterator:
         self.dataset.states = dict(self.readers)
         self.dataset.rotation = self.next_reader

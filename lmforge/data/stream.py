@@ -1,6 +1,7 @@
 """The whole chain for one reader: sources (+ filters) -> shard -> mix (data.mix) -> tokenize + pack -> shuffle -> batches.
 
-A reader's state is {"mixer": ..., "leftover": tokens, "shuffle": {"rng", "buffer", "exhausted"} | None}.
+A reader's state is {"mixer": ..., "leftover": tokens, "shuffle": {"rng", "buffer", "exhausted"} | None,
+"skipped": {source: {reason: count}}}.
 After each batch the stream reports an update in which the shuffle part is only a delta (see shuffle.py);
 `merge_reader_state` folds updates into the full state.
 """
@@ -34,6 +35,13 @@ def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource
     for source in sources:
         source.use_cache(cfg.cache_size)
     return [deduped(filtered(source, cfg.quality_threshold, cfg.min_text_length), cfg.dedupe) for source in sources]
+
+
+def base_source(source: Source | FilteredSource | DedupedSource) -> Source:
+    """The Source under the quality and duplicate filters (all skips are counted there)."""
+    while not isinstance(source, Source):
+        source = source.base if isinstance(source, DedupedSource) else source.source
+    return source
 
 
 def collate(blocks: list[np.ndarray], tagged: bool = False) -> Batch:
@@ -94,6 +102,7 @@ class ReaderStream:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.sources = [base_source(s) for s in sources]
         self.mixer = build_mixer(sources, reader, num_readers, loop, mix, source_weights, seed, adaptive_weights)
         self.tagged = adaptive_weights is not None
         self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged)
@@ -102,6 +111,9 @@ class ReaderStream:
             self.packer.load_state_dict({"upstream": state["mixer"], "leftover": state["leftover"]})
             if self.shuffle is not None and state.get("shuffle") is not None:
                 self.shuffle.load_state_dict(state["shuffle"])
+            for source in self.sources:  # in place: an auto source shares its counter with its delegates
+                source.running_skips.clear()
+                source.running_skips.update(state.get("skipped", {}).get(source.name, {}))
 
     def _update(self) -> dict:
         packed = self.packer.state_dict()
@@ -109,6 +121,7 @@ class ReaderStream:
             "mixer": packed["upstream"],
             "leftover": packed["leftover"],
             "shuffle": self.shuffle.delta() if self.shuffle is not None else None,
+            "skipped": {s.name: dict(s.running_skips) for s in self.sources if s.running_skips},
         }
 
     def batches(self) -> Iterator[tuple[Batch, dict]]:
@@ -131,4 +144,4 @@ def merge_reader_state(full: dict | None, update: dict) -> dict:
     shuffle = None
     if update["shuffle"] is not None:
         shuffle = apply_delta(full.get("shuffle") if full else None, update["shuffle"])
-    return {"mixer": update["mixer"], "leftover": update["leftover"], "shuffle": shuffle}
+    return {"mixer": update["mixer"], "leftover": update["leftover"], "shuffle": shuffle, "skipped": update.get("skipped", {})}

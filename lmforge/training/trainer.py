@@ -398,6 +398,7 @@ class Trainer:
             per_device = tokens_per_sec / self.runtime.world_size
             row["mfu"] = self.flops_per_token * per_device / self.peak_flops
         row.update(self.train_data.adaptive_metrics())
+        row.update(self.train_data.skip_metrics())
         row.update(self.runtime.memory_stats())
         return row
 

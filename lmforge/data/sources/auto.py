@@ -97,7 +97,8 @@ class AutoSource(Source):
                 delegate = SOURCES.get(kind)(sub_cfg, split=split, validation=validation, seed=seed)
             except DataError as err:
                 raise DataError(f"{err} (file detected as {kind!r} by the auto source)") from None
-            delegate.skipped, delegate.first_skip = self.skipped, self.first_skip  # one set of counters
+            # one set of counters, shared with the delegates
+            delegate.skipped, delegate.first_skip, delegate.running_skips = self.skipped, self.first_skip, self.running_skips
             self.delegates.append(delegate)
 
     def use_cache(self, size: int) -> None:

@@ -77,7 +77,10 @@ class Source(ABC):
         self.name: str = config.name or config.type
         self.split = split
         self.validation = validation
-        self.skipped: Counter[str] = Counter()  # totals over every pass, for reports and tests
+        self.skipped: Counter[str] = Counter()  # totals over every finished pass, for reports and tests
+        # Live counts, the pass in progress included; carried in the reader state so they survive resume
+        # and reach metrics.jsonl as data_skipped/<source>/<reason>.
+        self.running_skips: Counter[str] = Counter()
         self.first_skip: dict[str, str] = {}  # reason -> where it was first seen
         if validation.method == "tail" and not self.supports_tail:
             raise DataError(
@@ -110,6 +113,7 @@ class Source(ABC):
 
     def note_skip(self, counts: Counter[str], reason: str, where: str, n: int = 1) -> None:
         counts[reason] += n
+        self.running_skips[reason] += n
         self.first_skip.setdefault(reason, where)
 
     def finish_pass(self, counts: Counter[str]) -> None:
