@@ -122,7 +122,8 @@ def test_hdf5_padding_only_rows_are_skipped_and_good_rows_keep_their_order(tmp_p
     assert dict(source.skipped) == {"empty_text": 2}
 
 
-def test_skip_counts_reach_metrics_and_survive_resume(tmp_path, good, small_text):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_counts_reach_metrics_and_survive_resume(tmp_path, good, small_text, workers):
     spec, _, bad_counts = write_jsonl(tmp_path, [g[:16] for g in good[:18]])  # every bad line in the first ~600 bytes
     with open(spec["path"], "a") as f:
         f.writelines(json.dumps({"text": g}) + "\n" for g in good[18:] * 4)
@@ -130,6 +131,7 @@ def test_skip_counts_reach_metrics_and_survive_resume(tmp_path, good, small_text
     preset["data"]["sources"] = [{**spec, "name": "stories"}]
     preset["data"]["validation"] = {"method": "hash", "fraction": 0.1}
     preset["data"]["shuffle_buffer"] = 0
+    preset["data"]["num_workers"] = workers
     with pytest.warns(UserWarning):
         train(load_preset(preset), tmp_path / "run")
     rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
