@@ -118,6 +118,7 @@ def _sampling(ns: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(
         temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p, min_p=ns.min_p,
         repetition_penalty=ns.repetition_penalty, no_repeat_ngram_size=ns.no_repeat_ngram_size, seed=ns.seed,
+        utf8=ns.utf8,
     )
 
 
@@ -288,6 +289,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int, sto
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating any n-gram of this size; 0 = off")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--utf8", action="store_true", help="byte-level models: only sample bytes that keep the text valid UTF-8")
     parser.add_argument("--stop", action="append", default=None,
                         help=f"end the text at this string (repeatable; backslash escapes like \\n work); default: {' '.join(stop) or 'none'}")
     parser.set_defaults(stop_default=stop)

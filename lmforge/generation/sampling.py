@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.generation.utf8 import utf8_filter
+
 
 @dataclass
 class SamplingConfig:
@@ -23,6 +25,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # CTRL-style penalty on tokens already in the context; 1 = off
     no_repeat_ngram_size: int = 0  # ban tokens that would repeat an n-gram of this size; 0 = off
     seed: int | None = None  # seeds the sampling generator; None = nondeterministic
+    utf8: bool = False  # byte-level models: never pick a byte that makes the text invalid UTF-8 (generation.utf8)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -110,13 +113,15 @@ def sample_next(
 ) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V) given the sequence so far, prompt included (B, L).
 
-    Order: repetition penalty and n-gram blocking (they change which tokens are
-    allowed at all), then greedy if temperature is 0, else temperature, top-k,
+    Order: repetition penalty, n-gram blocking and the utf8 constraint (they change which
+    tokens are allowed at all), then greedy if temperature is 0, else temperature, top-k,
     top-p, min-p, and a draw from the remaining distribution. Done in fp32.
     """
     logits = logits.float()
     logits = apply_repetition_penalty(logits, generated_ids, cfg.repetition_penalty)
     logits = block_repeated_ngrams(logits, generated_ids, cfg.no_repeat_ngram_size)
+    if cfg.utf8:
+        logits = utf8_filter(logits, generated_ids)
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     probs = warp_logits(logits, cfg).softmax(dim=-1)  # (B, V)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 from pydantic import BaseModel
 
+from lmforge.models.agiformer import Agiformer, AgiformerConfig  # registers "agiformer"
 from lmforge.models.gpt import GPT, GPTConfig  # importing gpt registers "gpt" in MODELS
 from lmforge.models.layers import KVCache
 from lmforge.models.output import ModelOutput
@@ -16,4 +17,4 @@ def build_model(config: BaseModel) -> nn.Module:
     return MODELS.get(config.arch)(config)
 
 
-__all__ = ["GPT", "GPTConfig", "GRUCache", "KVCache", "ModelOutput", "VGT", "VGTConfig", "build_model"]
+__all__ = ["Agiformer", "AgiformerConfig", "GPT", "GPTConfig", "GRUCache", "KVCache", "ModelOutput", "VGT", "VGTConfig", "build_model"]
