@@ -126,8 +126,8 @@ def test_incremental_decoding_equals_full_forward(decoder):
     one_by_one = torch.cat([model.step(x[:, i : i + 1], cache).logits for i in range(43)], dim=1)
     torch.testing.assert_close(one_by_one, full, rtol=1e-9, atol=1e-9)
     cache = model.new_cache(2)
-    prefix = model.step(x[:, :13], cache).logits
-    rest = model.step(x[:, 13:], cache).logits
+    prefix = model.step(x[:, :30], cache).logits  # a parallel prefill past the attention window (7 patches > 4)
+    rest = model.step(x[:, 30:], cache).logits
     torch.testing.assert_close(torch.cat([prefix, rest], dim=1), full, rtol=1e-9, atol=1e-9)
     # generate: cached and cacheless decoding pick the same bytes, past the window re-prefill too
     model.float()

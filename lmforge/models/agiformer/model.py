@@ -94,8 +94,9 @@ class Agiformer(nn.Module):
 
     def _backbone(self, x: torch.Tensor, offset: int, states: list[LayerState] | None) -> tuple[torch.Tensor, ...]:
         """Patch encodings (B, N, C) -> latents (B, N, C), ACT steps and remainders (B, N)."""
+        x = x.to(self.start_latent.dtype)  # the residual stream stays in the weights' dtype (fp32 under autocast)
         rope = self.rotary(offset, x.size(1))
-        form = "recurrent" if states is not None else self.memory_form
+        form = "recurrent" if states is not None and x.size(1) == 1 else self.memory_form
         for i, block in enumerate(self.blocks):
             x = block(x, rope, self.plasticity, states[i] if states is not None else None, form)
         x, steps, remainder = self.reasoning(x)
@@ -103,17 +104,18 @@ class Agiformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: AgiformerCache | None = None) -> ModelOutput:
         """Logits (B, T, V) for input_ids (B, T): logits[:, t] predicts byte t + 1. With a cache: T new bytes."""
-        if cache is not None:
+        if cache is not None and cache.length > 0:
             return self._step(input_ids, cache)
         B, T = input_ids.shape
         P = self.config.patch_size
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} bytes exceeds block_size ({self.config.block_size})")
+        limit = cache.max_len if cache is not None else self.config.block_size
+        if T > limit:
+            raise ValueError(f"sequence of {T} bytes exceeds the window ({limit})")
         N = T // P  # complete patches: the trailing partial patch is never encoded (nothing needs it)
         start = self.start_latent.expand(B, 1, -1)
         aux, stats = {}, {}
         if N > 0:
-            z, steps, remainder = self._backbone(self.encoder(input_ids[:, : N * P]), 0, None)
+            z, steps, remainder = self._backbone(self.encoder(input_ids[:, : N * P]), 0, cache.layers if cache else None)
             latents = torch.cat([start.to(z.dtype), z], dim=1)  # (B, N+1, C): latent q predicts patch q
             ponder = (steps.to(remainder.dtype) + remainder).mean()
             if self.config.ponder_tau > 0:
@@ -124,10 +126,17 @@ class Agiformer(nn.Module):
         patch_bytes = F.pad(input_ids, (0, (N + 1) * P - T)).view(B, N + 1, P)  # padding only feeds bytes > T
         h = self.decoder(latents, patch_bytes).reshape(B, (N + 1) * P, -1)  # hidden state predicting byte i
         h = self.norm_out(h[:, 1 : T + 1])  # predicting bytes 1..T, i.e. the next byte of positions 0..T-1
-        return ModelOutput(logits=self.lm_head(h), hidden_states=h, aux_losses=aux, stats=stats)
+        if cache is not None:  # a prefill: the block states are filled, the rest of the cache is set here
+            ov = self.config.patch_kernel - P
+            cache.length, cache.recent = T, input_ids[:, -(P + ov) :]
+            cache.latent = z[:, -1:] if N > 0 else None
+        return ModelOutput(logits=self.lm_head(h), hidden_states=h, cache=cache, aux_losses=aux, stats=stats)
 
     def _step(self, input_ids: torch.Tensor, cache: AgiformerCache) -> ModelOutput:
-        """Feed new bytes one at a time: a patch-level backbone step each time a patch completes."""
+        """Feed new bytes after cached ones, one at a time: a backbone step each time a patch completes.
+
+        (An empty cache is filled by one parallel forward instead: see `forward`.)
+        """
         P, ov = self.config.patch_size, self.config.patch_kernel - self.config.patch_size
         if cache.length + input_ids.size(1) > cache.max_len:
             raise ValueError(f"cache window is full: {cache.length} + {input_ids.size(1)} bytes > max_len {cache.max_len}")
