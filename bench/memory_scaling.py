@@ -59,18 +59,18 @@ def build(kind: str) -> tuple[nn.Module, callable]:
     return layer, lambda x: layer(x, 0.1, form=form)[0]
 
 
-def time_run(fn, T: int, repeats: int) -> float:
-    """Median seconds of forward + backward at length T (after one warm-up run)."""
+def time_run(fn, T: int, repeats: int, warmup: bool = True) -> float:
+    """Median seconds of forward + backward at length T (after one warm-up run, unless warmup=False)."""
     x = torch.randn(1, T, WIDTH, requires_grad=True)
     times = []
-    for i in range(repeats + 1):
+    for i in range(repeats + int(warmup)):
         t0 = time.perf_counter()
         out = fn(x)
         out.square().mean().backward()
         dt = time.perf_counter() - t0
         if not torch.isfinite(out).all():
             raise RuntimeError(f"non-finite output at T={T}")
-        if i:
+        if i or not warmup:
             times.append(dt)
     return statistics.median(times)
 
@@ -97,18 +97,17 @@ def main() -> None:
             power = 2 if kind == "sdpa" else 1
             predicted = prev[1] * (T / prev[0]) ** power if prev else 0.0
             status = "measured"
-            if predicted * (args.repeats + 1) > args.cap:
-                if kind == "sdpa" or predicted > 4 * args.cap:
-                    if kind == "sdpa":
-                        rows.append({"kind": kind, "seq_len": T, "status": "skipped", "predicted_s": predicted})
-                        print(f"{kind:16s} {T:6d}  skipped (predicted {predicted:.1f} s > cap)")
-                        continue
-                    P = min(args.prefix, T)
-                    seconds = time_run(fn, P, 1) * T / P
-                    status = f"extrapolated from {P} positions"
-                else:
-                    seconds = time_run(fn, T, 1)
-                    status = "measured (1 run)"
+            if predicted > args.cap:  # too slow to run whole
+                if kind == "sdpa":
+                    rows.append({"kind": kind, "seq_len": T, "status": "skipped", "predicted_s": predicted})
+                    print(f"{kind:16s} {T:6d}  skipped (predicted {predicted:.1f} s > cap)", flush=True)
+                    continue
+                P = min(args.prefix, T)
+                seconds = time_run(fn, P, 1, warmup=False) * T / P
+                status = f"extrapolated from {P} positions"
+            elif predicted * (args.repeats + 1) > args.cap:
+                seconds = time_run(fn, T, 1, warmup=False)
+                status = "measured (1 run, no warm-up)"
             else:
                 seconds = time_run(fn, T, args.repeats)
             prev = (T, seconds)
