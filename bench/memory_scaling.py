@@ -7,11 +7,12 @@ One mixing layer at width 256 with 4 heads (head size 64), batch 1, fp32 on this
 - `sdpa`: causal softmax attention (F.scaled_dot_product_attention, is_causal) behind the same qkv and
   output projections, i.e. what the memory replaces.
 Each cell is the median wall time of --repeats runs of forward + backward of mean(out^2), after one
-warm-up run, with plasticity alpha = 0.1. A cell whose time, extrapolated from the previous length (linear
-for the memory forms, quadratic for sdpa), would exceed --cap seconds is timed once on its first --prefix
-positions and scaled linearly by length (the memory's cost per position does not depend on position), and
-marked "extrapolated". SDPA cells over the
-cap are skipped, marked "skipped". Reports ms per run, us per token and tokens/s; writes
+warm-up run, with plasticity alpha = 0.1. The time of a cell is predicted from the previous length (linear
+for the memory forms, quadratic for sdpa): if all runs would exceed --cap seconds it runs once without
+warm-up; if one run would, a memory cell is timed once on its first --prefix positions and scaled linearly
+by length, marked "extrapolated" (so are all longer cells of that kind), and an sdpa cell is skipped.
+The recurrent form's cost per position grows with length under autograd (it keeps one state per step),
+so its extrapolated cells are lower bounds. Reports ms per run, us per token and tokens/s; writes
 bench/results/memory_scaling.json. MFU is left out: these are memory-bound small-head kernels on a CPU.
 
 usage: flock /tmp/lmforge_heavy.lock python bench/memory_scaling.py [--lengths 512,1024,...] [--cap 30]
@@ -92,12 +93,12 @@ def main() -> None:
     rows = []
     for kind in args.kinds.split(","):
         layer, fn = build(kind)
-        prev: tuple[int, float] | None = None
+        prev: tuple[int, float, bool] | None = None  # length, seconds, whether it was extrapolated
         for T in lengths:
             power = 2 if kind == "sdpa" else 1
             predicted = prev[1] * (T / prev[0]) ** power if prev else 0.0
             status = "measured"
-            if predicted > args.cap:  # too slow to run whole
+            if predicted > args.cap or (prev and prev[2]):  # too slow to run whole (and once so, always so)
                 if kind == "sdpa":
                     rows.append({"kind": kind, "seq_len": T, "status": "skipped", "predicted_s": predicted})
                     print(f"{kind:16s} {T:6d}  skipped (predicted {predicted:.1f} s > cap)", flush=True)
@@ -110,7 +111,7 @@ def main() -> None:
                 status = "measured (1 run, no warm-up)"
             else:
                 seconds = time_run(fn, T, args.repeats)
-            prev = (T, seconds)
+            prev = (T, seconds, status.startswith("extrapolated"))
             row = {"kind": kind, "seq_len": T, "status": status, "seconds": seconds,
                    "us_per_token": seconds / T * 1e6, "tokens_per_s": T / seconds}
             rows.append(row)
