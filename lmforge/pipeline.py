@@ -48,6 +48,7 @@ SEED_OPTIONS = {
     "seq_length": "data.seq_length",
     "task": "data.task",
     "shuffle_buffer": "data.shuffle_buffer",
+    "warmup_steps": "train.lr_schedule.warmup_steps",
 }
 # Seed options handled by hand below (they change more than one key, or are not preset keys).
 HANDLED = {
@@ -169,6 +170,9 @@ class TrainingPipeline:
             raise PipelineError("train_data_path is required (or a preset whose data section has sources)")
         if self.train_data_path is not None:
             raw["data"]["sources"] = [self._source(self.train_data_path)]
+            # hash split: every source type can do it ('tail' cannot cut one JSON object of samples)
+            fraction = raw["data"].get("validation", {}).get("fraction", 0.1)
+            raw["data"]["validation"] = {"method": "hash", "fraction": fraction}
         if self.val_data_path is not None:
             raw["data"]["val_sources"] = [self._source(self.val_data_path)]
             raw["data"].pop("validation", None)
@@ -206,6 +210,8 @@ class TrainingPipeline:
             raw["grad_filters"].append(_grokfast_spec(cfg))
         if cfg.get("use_bitnet"):
             raw["layer_swaps"].append(_registered_spec("LAYER_SWAPS", "bitlinear", "use_bitnet"))
+        if "warmup_steps" in cfg:
+            train.setdefault("lr_schedule", {"name": "warmup_cosine"})
         overrides = {SEED_OPTIONS[k]: v for k, v in cfg.items() if k in SEED_OPTIONS}
         overrides.update(cfg.get("overrides") or {})
         return apply_overrides(raw, overrides)
@@ -256,7 +262,8 @@ class TrainingPipeline:
         from lmforge.training import run_dir as run_dir_lib
         from lmforge.training.trainer import Trainer
 
-        preset = load_preset(self.build_preset())
+        raw = self.build_preset()
+        preset = load_preset(raw)
         run_dir = Path(self.config.get("run_dir") or run_dir_lib.default_run_dir(preset))
         run_dir_lib.prepare(run_dir)
         data = preset.data
@@ -272,6 +279,9 @@ class TrainingPipeline:
         self.steps_per_epoch = count_steps_per_epoch(data, tokenizer, labels, tc.batch_size * tc.grad_accum_steps, seq_length)
         if "max_steps" not in self.config and "max_steps" not in (self.config.get("overrides") or {}):
             tc.max_steps = max(1, int(self.config.get("epochs", 1)) * self.steps_per_epoch)
+        if "lr_schedule" not in raw["train"] and hasattr(tc.lr_schedule, "warmup_steps"):
+            # the default warmup (100 steps) would swallow a run of a few epochs: warm up over its first 5%
+            tc.lr_schedule.warmup_steps = max(1, tc.max_steps // 20)
         if "eval_interval" not in self.config:
             tc.eval_interval = self.steps_per_epoch
         if "checkpoint_interval" not in self.config:

@@ -4,7 +4,8 @@ Each task is `{"name": <registered objective>, "weight": w, ...its own options}`
 offer `terms(model, out, batch, ctx)` (clm, classification and distill do), so the model runs once and its own
 loss terms (`ModelOutput.aux_losses`) are added once, not once per task. Every term is logged as
 `<task>/<metric>` and `<task>/loss`. Evaluation runs each task's `evaluate` (LM metrics for tasks without one);
-val_loss is the same weighted sum, and val_accuracy comes from the first task that reports one.
+val_loss is the same weighted sum, and val_accuracy comes from the first task with its own evaluation
+(classification), else from next-token accuracy.
 """
 from __future__ import annotations
 
@@ -85,11 +86,14 @@ class Multitask:
         from lmforge.evaluation import evaluate_lm
 
         result: dict[str, float] = {"val_loss": 0.0}
+        accuracies: list[tuple[bool, float]] = []  # (is the task's own evaluation, accuracy)
         for name, weight, objective in self.tasks:
             own = getattr(objective, "evaluate", None)
             sub = own(model, batches, runtime) if own is not None else evaluate_lm(model, batches, runtime)
             result["val_loss"] += weight * sub["val_loss"]
-            if "val_accuracy" in sub and "val_accuracy" not in result:
-                result["val_accuracy"] = sub["val_accuracy"]
+            if "val_accuracy" in sub:
+                accuracies.append((own is not None, sub["val_accuracy"]))
             result.update({f"{name}/{k}": v for k, v in sub.items()})
+        if accuracies:  # a supervised task's accuracy (classification) says more than next-token accuracy
+            result["val_accuracy"] = next((a for own, a in accuracies if own), accuracies[0][1])
         return result
