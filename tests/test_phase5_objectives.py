@@ -11,6 +11,7 @@ from lmforge.config import PresetError, load_preset
 from lmforge.data import DataConfig, DataPipeline, build_val_batches
 from lmforge.data.supervised import LabelVocab, build_label_vocab, train_documents
 from lmforge.data.tokenizers import ByteTokenizer
+from lmforge.inference import load_run
 from lmforge.objectives.distill import distillation_kl
 from lmforge.training.checkpoint import CheckpointManager
 from lmforge.training.metrics import read_metrics
@@ -111,6 +112,9 @@ def test_classification_trains_to_high_accuracy_and_checkpoints_its_head(tmp_pat
     # a resumed trainer rebuilds the head before loading, so the checkpoint fits and evaluation matches
     more = Trainer(load_preset(_cls_preset(path, max_steps=20)), run)
     assert more.resume() and math.isclose(more.evaluate()["val_accuracy"], result.last_val["val_accuracy"])
+    # load_run (generation, eval, distillation teacher) re-attaches the head with its trained weights
+    loaded = load_run(run)
+    assert torch.equal(loaded.model.classification_head.weight, more.model.classification_head.weight)
 
 
 def test_early_stopping_metric_is_validated(tmp_path):

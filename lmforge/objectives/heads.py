@@ -30,3 +30,14 @@ def attach_head(model: torch.nn.Module, name: str, out_features: int) -> torch.n
     head = torch.nn.Linear(hidden_size(model), out_features).to(device=param.device, dtype=param.dtype)
     model.add_module(name, head)
     return head
+
+
+def restore_heads(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Re-attach Linear heads an objective added in training (`<name>_head.weight` in `state`, absent from the bare arch),
+    so a run trained with one (classification) loads for generation, evaluation or as a distillation teacher."""
+    own = set(model.state_dict())
+    for key, weight in state.items():
+        name, _, leaf = key.partition(".")
+        if leaf == "weight" and name.endswith("_head") and key not in own and weight.dim() == 2 and "." not in name:
+            head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=f"{name}.bias" in state)
+            model.add_module(name, head.to(dtype=weight.dtype))
