@@ -178,3 +178,23 @@ def test_multitask_logs_each_term_and_sums_them(tmp_path, shared_data):
     assert val["val_accuracy"] == val["classification/val_accuracy"]
     with pytest.raises(PresetError, match="unknown objective"):
         load_preset(_cls_preset(path, {"name": "multitask", "tasks": [{"name": "nope"}]}))
+
+
+def test_hdf5_targets_reach_the_batch_as_class_ids(tmp_path, shared_data):
+    h5py = pytest.importorskip("h5py")
+    tok = ByteTokenizer()
+    kjv = [line.split(" ", 1)[1] for line in (shared_data / "kjv.txt").read_text().splitlines()[:40]]
+    rows = [tok.encode(line)[:16] for line in kjv]
+    path = tmp_path / "rows.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("dataset/inputs", data=torch.tensor(rows).numpy())
+        f.create_dataset("dataset/targets", data=torch.tensor([i % 3 for i in range(40)]).numpy())
+    cfg = DataConfig.model_validate({"sources": [{"type": "hdf5", "path": str(path)}], "task": "classification",
+                                     "validation": {"method": "tail", "fraction": 0.25}, "shuffle_buffer": 0})
+    vocab = build_label_vocab(train_documents(cfg))
+    assert vocab.labels == [0, 1, 2]
+    batch = next(iter(DataPipeline(cfg, tok, batch_size=6, seq_length=SEQ, labels=vocab)))
+    assert batch["class_labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert batch["input_ids"][:, :16].tolist() == rows[:6] and batch["last_index"].tolist() == [15] * 6
+    val = build_val_batches(cfg, tok, batch_size=20, seq_length=SEQ, max_batches=1, labels=vocab)[0]
+    assert val["class_labels"].tolist() == [i % 3 for i in range(30, 40)]

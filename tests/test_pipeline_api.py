@@ -90,6 +90,13 @@ def test_separate_val_file_is_read_whole_for_lm(tmp_path, shared_data):
     preset = json.loads((tmp_path / "run" / "preset.json").read_text())
     assert preset["data"]["val_sources"][0]["path"] == str(val_file)
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [1, 2, 3]
+    # model= a run dir: its model config and tokenizer, its weights as the starting point
+    more = create_training_pipeline(model=str(tmp_path / "run"), train_data_path=train_file, val_data_path=val_file, experiment_name="more",
+                                    max_steps=1, batch_size=8, use_amp=False, run_dir=str(tmp_path / "more"))
+    result = asyncio.run(more.setup().train())
+    assert result.success, result.error
+    preset = json.loads((tmp_path / "more" / "preset.json").read_text())
+    assert preset["train"]["init_from"] == str(tmp_path / "run") and preset["model"]["n_embd"] == 32
 
 
 @pytest.mark.parametrize("options, reason", [
