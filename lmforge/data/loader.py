@@ -230,7 +230,7 @@ def build_val_batches(
         if len(batches) >= max_batches * world_size:
             break
     if not batches:
-        names = ", ".join(repr(sc.name) for sc in cfg.sources)
+        names = ", ".join(repr(sc.name) for sc in (cfg.val_sources or cfg.sources))
         raise DataError(
             f"the validation split is empty: sources {names} give no val text with "
             f"validation.method={cfg.validation.method!r}, fraction={cfg.validation.fraction}; raise the fraction or add data"
