@@ -430,17 +430,25 @@ class _EventBridge(Callback):
         self.epoch_losses.append(metrics["loss"])
         if "accuracy" in metrics:
             self.epoch_accuracies.append(metrics["accuracy"])
+        self._close_epoch(step)
+
+    def _close_epoch(self, step: int) -> None:
+        """At the first logged step or evaluation past an epoch boundary: hold its row until its validation is known."""
         epoch = step // self.pipeline.steps_per_epoch
-        if epoch > self.epochs_done:
-            self.epochs_done = epoch
-            row = {"epoch": epoch, "step": step, "loss": sum(self.epoch_losses) / len(self.epoch_losses)}
-            if self.epoch_accuracies:
-                row["train_accuracy"] = sum(self.epoch_accuracies) / len(self.epoch_accuracies)
-                row["accuracy"] = row["train_accuracy"]
-            self.epoch_losses, self.epoch_accuracies = [], []
-            self.pending = row
+        if epoch <= self.epochs_done:
+            return
+        self.epochs_done = epoch
+        row: dict[str, Any] = {"epoch": epoch, "step": step}
+        if self.epoch_losses:  # mean of the logged train losses of the epoch
+            row["loss"] = sum(self.epoch_losses) / len(self.epoch_losses)
+        if self.epoch_accuracies:
+            row["train_accuracy"] = sum(self.epoch_accuracies) / len(self.epoch_accuracies)
+            row["accuracy"] = row["train_accuracy"]
+        self.epoch_losses, self.epoch_accuracies = [], []
+        self.pending = row
 
     def on_eval(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        self._close_epoch(step)  # the eval at an epoch's last step may come before that step is logged
         acc = metrics.get("val_accuracy")
         if acc is not None:
             self.final_accuracy = acc

@@ -144,3 +144,15 @@ def test_phase5_presets_validate_and_drive_the_pipeline(tmp_path, shared_data):
     preset = json.loads((tmp_path / "run" / "preset.json").read_text())
     assert preset["objective"]["name"] == "classification" and preset["data"]["sources"][0]["path"] == str(path)
     assert preset["model"]["n_layer"] == 4 and preset["train"]["lr"] == 0.002 and preset["train"]["lr_schedule"]["warmup_steps"] == 1
+
+
+def test_epoch_end_carries_its_validation_when_log_interval_does_not_divide_the_epoch(tmp_path, shared_data):
+    pipeline = _classification_pipeline(tmp_path, shared_data, log_interval=4)
+    epochs = []
+    pipeline.register_callback("epoch_end", lambda epoch, metrics: epochs.append((epoch, metrics)))
+    result = asyncio.run(pipeline.setup().train())
+    assert result.success, result.error
+    spe = pipeline.steps_per_epoch
+    assert spe % 4 != 0
+    assert [(e, m["step"]) for e, m in epochs] == [(1, spe), (2, 2 * spe)]
+    assert all("val_accuracy" in m and m["accuracy"] == m["val_accuracy"] and "loss" in m for _, m in epochs)
