@@ -14,3 +14,10 @@ def train(preset: "str | Path | dict[str, Any]", run_dir: "str | Path | None" = 
     from lmforge.training.trainer import train as _train
 
     return _train(load_preset(preset, overrides), run_dir, callbacks)
+
+
+def create_training_pipeline(*args: Any, **kwargs: Any):
+    """Seed 001's API: see lmforge.pipeline.create_training_pipeline (train with `await pipeline.train()`)."""
+    from lmforge.pipeline import create_training_pipeline as _create
+
+    return _create(*args, **kwargs)

@@ -55,6 +55,9 @@ class TrainConfig(Section):
     save_interval: int = Field(250, ge=1, description="steps between rolling checkpoints")
     early_stopping_patience: int = Field(0, ge=0, description="evaluations without val improvement before stopping; 0 = off")
     early_stopping_min_delta: float = Field(0.0, ge=0)
+    early_stopping_metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="what early stopping watches: val_loss (lower is better) or val_accuracy (higher is better)"
+    )
     peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; None = data sheet or probe")
     tensorboard: bool = Field(False, description="also write TensorBoard event files to <run_dir>/tensorboard")
     milestone_interval: int = Field(0, ge=0, description="steps between milestone snapshots kept beside the rolling slots; 0 = off")

@@ -10,6 +10,7 @@ import torch
 from lmforge.config import Preset, validate_preset
 from lmforge.data import load_tokenizer
 from lmforge.models import build_model
+from lmforge.objectives.heads import restore_heads
 from lmforge.registry import LAYER_SWAPS
 from lmforge.training.checkpoint import CheckpointError, CheckpointManager
 from lmforge.training.state import load_model_state
@@ -39,6 +40,7 @@ def load_run(run_dir: Path | str, slot: str | None = None, device: str | torch.d
     ckpt = manager.load(slot) if slot else manager.load_latest()
     if ckpt is None:
         raise CheckpointError(f"no loadable checkpoint in {run_dir / 'checkpoints'}")
+    restore_heads(model, ckpt.model_state)  # e.g. classification_head, attached by its objective in training
     load_model_state(model, ckpt.model_state)
     model.to(device).eval()
     return LoadedRun(preset, model, tokenizer, ckpt.slot, int(ckpt.meta["step"]))

@@ -39,9 +39,10 @@ class ValidationConfig(Section):
 
     hash: a document is val iff blake2b(text) mod 10^6 < fraction * 10^6 (stable across runs and machines).
     tail: the last `fraction` of every file is val, like nanoGPT's `text[int(n*0.9):]`.
+    none: no split inside a source; only with data.val_sources, which are the whole val split (sources the whole train split).
     """
 
-    method: Literal["hash", "tail"] = "hash"
+    method: Literal["hash", "tail", "none"] = "hash"
     fraction: float = Field(0.01, gt=0, lt=1)
 
 
@@ -49,6 +50,10 @@ class DataConfig(Section):
     """Everything between files on disk and (input_ids, labels) batches."""
 
     sources: list[Any] = Field(min_length=1, description="source configs, each with a registered `type`")
+    val_sources: list[Any] | None = Field(
+        None, description="separate validation data: when set, these sources (read whole) are the val split and `sources` "
+        "(read whole) the train split, and data.validation is not used; None = split each source by data.validation"
+    )
     mix: Literal["round_robin", "sequential", "weighted"] = Field(
         "round_robin",
         description="round_robin: one document per source in turn; sequential: each source's epoch in order; "
@@ -60,6 +65,10 @@ class DataConfig(Section):
     adaptive: AdaptiveConfig | None = Field(
         None, description="reweight sources by their recent training loss (higher loss -> drawn more); every mix mode then "
         "draws by weight, see data/adaptive.py; None = off"
+    )
+    task: Literal["lm", "classification", "seq2seq"] = Field(
+        "lm", description="lm: pack documents into blocks; classification: one sample per row, its target a class id "
+        "(class_labels); seq2seq: input then target in one row, loss on the target tokens only (see data/supervised.py)"
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
@@ -88,12 +97,19 @@ class DataConfig(Section):
                 raise ValueError(f"data.source_weights must all be > 0, got {self.source_weights}")
         elif self.source_weights is not None:
             raise ValueError("data.source_weights is only used with data.mix 'weighted'")
+        if self.validation.method == "none" and self.val_sources is None:
+            raise ValueError("data.validation.method 'none' puts every document in both splits; it is only for data.val_sources")
         return self
 
-    @field_validator("sources")
+    @field_validator("sources", "val_sources")
     @classmethod
-    def _validate_sources(cls, value: list[Any]) -> list[BaseModel]:
+    def _validate_sources(cls, value: list[Any] | None) -> list[BaseModel] | None:
         import lmforge.data.sources  # noqa: F401  (fills SOURCES; imported here to avoid an import cycle)
+
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("needs at least one source")
 
         allowed = ", ".join(SOURCES.names())
         out: list[BaseModel] = []

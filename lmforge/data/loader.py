@@ -47,6 +47,7 @@ class TokenBatches(IterableDataset):
         world_size: int = 1,
         states: dict[int, dict] | None = None,
         rotation: int = 0,
+        labels: Any = None,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.split = cfg, tokenizer, split
@@ -56,6 +57,7 @@ class TokenBatches(IterableDataset):
         self.num_readers = world_size * self.workers
         self.states = dict(states or {})
         self.rotation = rotation
+        self.labels = labels  # data.task classification: the run's LabelVocab
         self.sources = build_sources(cfg, split)
         self.adaptive_weights: torch.Tensor | None = None  # data.adaptive: the shared tensor every reader draws by
 
@@ -71,6 +73,7 @@ class TokenBatches(IterableDataset):
             reader=reader, num_readers=self.num_readers, loop=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0, seed=self.cfg.seed, state=self.states.get(reader),
             mix=self.cfg.mix, source_weights=self.cfg.source_weights, adaptive_weights=self.adaptive_weights,
+            task=self.cfg.task, labels=self.labels,
         )
         try:
             for batch, update in stream.batches():
@@ -92,10 +95,11 @@ class DataPipeline:
         seq_length: int,
         rank: int = 0,
         world_size: int = 1,
+        labels: Any = None,
     ):
         self.cfg, self.split, self.seq_length = cfg, split, seq_length
         self.rank, self.world_size = rank, world_size
-        self.dataset = TokenBatches(cfg, tokenizer, split, batch_size, seq_length, rank, world_size)
+        self.dataset = TokenBatches(cfg, tokenizer, split, batch_size, seq_length, rank, world_size, labels=labels)
         self.workers = self.dataset.workers
         self.readers: dict[int, dict] = {}  # reader index -> full state after its last consumed batch
         self.next_reader = 0  # logical local reader whose batch comes next
@@ -206,6 +210,7 @@ def build_val_batches(
     max_batches: int,
     rank: int = 0,
     world_size: int = 1,
+    labels: Any = None,
 ) -> list[Batch]:
     """This rank's share of the first `max_batches * world_size` val batches: unshuffled, padded at the end, the same every call.
 
@@ -217,7 +222,7 @@ def build_val_batches(
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     stream = ReaderStream(
         build_sources(cfg, "val"), tokenizer, seq_length=seq_length, batch_size=batch_size,
-        reader=0, num_readers=1, loop=False, shuffle_buffer=0, seed=cfg.seed,
+        reader=0, num_readers=1, loop=False, shuffle_buffer=0, seed=cfg.seed, task=cfg.task, labels=labels,
     )
     batches = []
     for batch, _ in stream.batches():
@@ -225,7 +230,7 @@ def build_val_batches(
         if len(batches) >= max_batches * world_size:
             break
     if not batches:
-        names = ", ".join(repr(sc.name) for sc in cfg.sources)
+        names = ", ".join(repr(sc.name) for sc in (cfg.val_sources or cfg.sources))
         raise DataError(
             f"the validation split is empty: sources {names} give no val text with "
             f"validation.method={cfg.validation.method!r}, fraction={cfg.validation.fraction}; raise the fraction or add data"

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from lmforge.data.config import DataConfig
+from lmforge.data.config import DataConfig, ValidationConfig
 from lmforge.data.dedupe import DedupedSource, deduped
 from lmforge.data.filters import FilteredSource, filtered
 from lmforge.data.mixer import MixMode, RoundRobin, Sequential, Weighted
@@ -21,6 +21,7 @@ from lmforge.data.sharding import ShardedDocuments
 from lmforge.data.shuffle import ShuffleBuffer, apply_delta
 from lmforge.data.sources.base import Source
 from lmforge.data.splits import Split
+from lmforge.data.supervised import LabelVocab, SupervisedPacker, Task, collate_supervised
 from lmforge.registry import SOURCES
 
 Batch = dict[str, torch.Tensor]
@@ -31,7 +32,10 @@ def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource
     raises DataError here for missing paths and the like."""
     import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
 
-    sources = [SOURCES.get(sc.type)(sc, split=split, validation=cfg.validation, seed=cfg.seed) for sc in cfg.sources]
+    specs, validation = cfg.sources, cfg.validation
+    if cfg.val_sources is not None:  # separate val data: each side is read whole
+        specs, validation = (cfg.val_sources if split == "val" else cfg.sources), ValidationConfig(method="none")
+    sources = [SOURCES.get(sc.type)(sc, split=split, validation=validation, seed=cfg.seed) for sc in specs]
     for source in sources:
         source.use_cache(cfg.cache_size)
     return [deduped(filtered(source, cfg.quality_threshold, cfg.min_text_length), cfg.dedupe) for source in sources]
@@ -98,6 +102,8 @@ class ReaderStream:
         mix: MixMode = "round_robin",
         source_weights: list[float] | None = None,
         adaptive_weights: torch.Tensor | None = None,
+        task: Task = "lm",
+        labels: LabelVocab | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -105,7 +111,11 @@ class ReaderStream:
         self.sources = [base_source(s) for s in sources]
         self.mixer = build_mixer(sources, reader, num_readers, loop, mix, source_weights, seed, adaptive_weights)
         self.tagged = adaptive_weights is not None
-        self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged)
+        self.task = task
+        if task == "lm":
+            self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged)
+        else:  # one row per sample, the target kept with its input (data/supervised.py)
+            self.packer = SupervisedPacker(task, tokenizer.encode, tokenizer.eos_id, seq_length, labels, tag_source=self.tagged)
         self.shuffle = ShuffleBuffer(shuffle_buffer, seed, reader) if shuffle_buffer > 0 else None
         if state is not None:
             self.packer.load_state_dict({"upstream": state["mixer"], "leftover": state["leftover"]})
@@ -133,10 +143,13 @@ class ReaderStream:
         for block in blocks:
             rows.append(block)
             if len(rows) == self.batch_size:
-                yield collate(rows, self.tagged), self._update()
+                yield self._collate(rows), self._update()
                 rows = []
         if rows:
-            yield collate(rows, self.tagged), self._update()
+            yield self._collate(rows), self._update()
+
+    def _collate(self, rows: list[np.ndarray]) -> Batch:
+        return collate(rows, self.tagged) if self.task == "lm" else collate_supervised(self.task, rows, self.tagged)
 
 
 def merge_reader_state(full: dict | None, update: dict) -> dict:

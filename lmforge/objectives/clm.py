@@ -52,3 +52,8 @@ class CausalLM:
         if "source_ids" in batch:  # data.adaptive is on: the trainer hands these to the data pipeline
             metrics["per_sequence_loss"] = per_sequence_cross_entropy(out.logits.detach(), batch["labels"])
         return loss, metrics
+
+    def terms(self, model: torch.nn.Module, out, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE from an existing forward, without the model's own terms (the multitask objective adds those once)."""
+        ce = next_token_cross_entropy(out.logits, batch["labels"])
+        return ce, {"ce": ce.detach()}

@@ -22,21 +22,24 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when validation loss has not improved by `min_delta` for `patience` evaluations."""
+    """Stop when `metric` (val_loss: lower is better; val_accuracy: higher) has not improved by `min_delta` for `patience` evaluations."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int, min_delta: float = 0.0, metric: str = "val_loss"):
+        self.patience, self.min_delta, self.metric = patience, min_delta, metric
+        self.sign = -1.0 if metric == "val_accuracy" else 1.0  # compare sign * value, lower is better
         self.best = float("inf")
         self.bad_evals = 0
 
     def on_eval(self, trainer: "Trainer", step: int, metrics: dict[str, Any]) -> None:
-        loss = metrics["val_loss"]
-        if loss < self.best - self.min_delta:
-            self.best, self.bad_evals = loss, 0
+        if self.metric not in metrics:
+            raise KeyError(f"early stopping watches {self.metric!r} but the evaluation reports only {sorted(metrics)}")
+        value = self.sign * metrics[self.metric]
+        if value < self.best - self.min_delta:
+            self.best, self.bad_evals = value, 0
         else:
             self.bad_evals += 1
             if self.bad_evals >= self.patience:
-                trainer.request_stop(f"early stopping: no val_loss improvement for {self.patience} evaluations")
+                trainer.request_stop(f"early stopping: no {self.metric} improvement for {self.patience} evaluations")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_evals": self.bad_evals}

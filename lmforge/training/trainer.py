@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.config import Preset, PresetError
 from lmforge.data import DataPipeline, build_tokenizer, build_val_batches, iter_texts
+from lmforge.data.supervised import LabelVocab, setup_label_vocab, train_documents
 from lmforge.evaluation import evaluate_lm
 from lmforge.models import build_model
 from lmforge.objectives import StepContext
@@ -66,16 +67,20 @@ class Trainer:
         rt.barrier()
         self.callbacks: list[Callback] = list(callbacks)
         if tc.early_stopping_patience:
-            self.early_stopping = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta)
+            self.early_stopping = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta, tc.early_stopping_metric)
             self.callbacks.append(self.early_stopping)
         else:
             self.early_stopping = None
         self._stop_reason: str | None = None
 
         self.tokenizer = self._setup_tokenizer()
+        self.labels = self._setup_labels()
         self.seq_length = preset.data.seq_length or preset.model.block_size
         self.model = self._setup_model()
         self.objective = OBJECTIVES.get(preset.objective.name)(preset.objective)
+        bind = getattr(self.objective, "bind", None)
+        if bind is not None:  # before the optimizer: modules an objective attaches (a head) are trained and checkpointed
+            bind(self.model, self)
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
@@ -86,11 +91,11 @@ class Trainer:
 
         self.train_data = DataPipeline(
             preset.data, self.tokenizer, split="train", batch_size=tc.batch_size, seq_length=self.seq_length,
-            rank=rt.rank, world_size=rt.world_size,
+            rank=rt.rank, world_size=rt.world_size, labels=self.labels,
         )
         self.val_batches = build_val_batches(
             preset.data, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
-            max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size,
+            max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size, labels=self.labels,
         )
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
         self.metrics = MetricsLogger(self.run_dir, enabled=rt.is_main, tensorboard=tc.tensorboard)
@@ -117,6 +122,15 @@ class Trainer:
         tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts) if rt.is_main else None
         rt.barrier()
         return tokenizer or build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+
+    def _setup_labels(self) -> LabelVocab | None:
+        """data.task classification: the label vocabulary, built by rank 0 from the train split and saved in the run dir."""
+        if self.preset.data.task != "classification":
+            return None
+        if self.runtime.is_main:
+            setup_label_vocab(self.run_dir, lambda: train_documents(self.preset.data))
+        self.runtime.barrier()
+        return LabelVocab.load(self.run_dir)
 
     def _setup_model(self) -> torch.nn.Module:
         """Fill in the vocabulary size, save the resolved preset, build the model (same init on every rank)."""
@@ -295,6 +309,10 @@ class Trainer:
         return total_loss, sums, grad_norm
 
     def evaluate(self) -> dict[str, float]:
+        """The objective's own `evaluate(model, val_batches, runtime)` when it has one (it must report val_loss), else LM metrics."""
+        own = getattr(self.objective, "evaluate", None)
+        if own is not None:
+            return own(self.model, self.val_batches, self.runtime)
         tok = self.tokenizer
         return evaluate_lm(self.model, self.val_batches, self.runtime, tok.token_byte_lengths(), tok.token_char_lengths())
 

@@ -37,6 +37,7 @@ class Document(TypedDict):
     source: str
     eos: bool  # whether the packer appends the tokenizer's end-of-text id after this text
     tokens: NotRequired[list[int]]  # already tokenized (binary, hdf5): the packer uses these and ignores `text`
+    input: NotRequired[Any]  # supervised input (json_samples, pickle), read by data.task classification / seq2seq
     target: NotRequired[Any]  # supervised target (json_samples, pickle), kept for input->target objectives
     quality: NotRequired[float]  # the record's metadata.quality, for data.quality_threshold
     source_index: NotRequired[int]  # set by the mixer: which configured source this came from (for data.adaptive)
@@ -106,7 +107,12 @@ class Source(ABC):
 
     def keep(self, text: str) -> bool:
         """Hash-split membership (tail splits are applied by seeking instead)."""
-        return self.tail or in_hash_split(text, self.split, self.validation.fraction)
+        return self.tail or self.whole or in_hash_split(text, self.split, self.validation.fraction)
+
+    @property
+    def whole(self) -> bool:
+        """validation.method 'none' (data.val_sources): every document belongs to the split this source was built for."""
+        return self.validation.method == "none"
 
     def make_document(self, text: str, eos: bool) -> Document:
         return {"text": text, "source": self.name, "eos": eos}

@@ -97,7 +97,7 @@ class BinarySource(Source):
             pos = end
 
     def _kept(self, ids: np.ndarray) -> bool:
-        return self.tail or in_hash_split(ids.tobytes(), self.split, self.validation.fraction)
+        return self.tail or self.whole or in_hash_split(ids.tobytes(), self.split, self.validation.fraction)
 
     def _document(self, index: int, ids: np.ndarray, start: int, end: int) -> Document:
         doc = self.make_document("", False)

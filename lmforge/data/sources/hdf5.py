@@ -105,7 +105,7 @@ class Hdf5Source(Source):
         if len(ids) == 0:
             self.note_skip(counts, "empty_text", where)
             return None
-        if not self.tail and not in_hash_split(ids.astype(np.int64).tobytes(), self.split, self.validation.fraction):
+        if not self.tail and not self.whole and not in_hash_split(ids.astype(np.int64).tobytes(), self.split, self.validation.fraction):
             return None
         doc = self.make_document("", self.cfg.eos)
         doc["tokens"] = ids.tolist()

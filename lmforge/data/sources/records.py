@@ -86,6 +86,7 @@ class RecordFileSource(Source):
             return None
         doc = self.make_document(text, True)
         if target is not None:
+            doc["input"] = _plain(record["input"])
             doc["target"] = _plain(target)
         if isinstance(quality, (int, float)) and not isinstance(quality, bool):
             doc["quality"] = float(quality)
