@@ -1,5 +1,6 @@
 """BitNet b1.58: quantizer grids, STE gradients, the generic layer swap, packing, export, schedule, training."""
 import math
+import re
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import tiny_preset
+from lmforge.cli import main as cli_main
 from lmforge.config import load_preset
 from lmforge.export.ternary_export import WEIGHTS_FILE, export_ternary, load_ternary
 from lmforge.inference import load_run
@@ -223,7 +225,7 @@ class _StopAt(Callback):
             trainer.request_stop("test")
 
 
-def test_training_with_swap_learns_logs_and_resumes_exactly(tmp_path, small_text):
+def test_training_with_swap_learns_logs_and_resumes_exactly(tmp_path, small_text, capsys):
     raw = _bitnet_preset(small_text)
     ref = train(load_preset(raw), tmp_path / "ref")
     rows = [r for r in read_metrics(tmp_path / "ref") if "loss" in r]
@@ -240,7 +242,9 @@ def test_training_with_swap_learns_logs_and_resumes_exactly(tmp_path, small_text
     # the trained run loads through load_run (swap reapplied), and its packed export gives the same logits
     run = load_run(tmp_path / "ref")
     assert ternary_layers(run.model)
-    export_ternary(run.model, run.preset, run.tokenizer, tmp_path / "packed")
+    assert cli_main(["export", "--run-dir", str(tmp_path / "ref"), "--format", "ternary", "--out", str(tmp_path / "packed")]) == 0
+    ratio = re.search(r"ternary layers (\d+\.\d+)x", capsys.readouterr().out)
+    assert ratio and 7.5 < float(ratio.group(1)) <= 8.0  # 2 bits vs 16, plus one fp32 scale per tensor
     packed = load_ternary(tmp_path / "packed")
     ids = torch.randint(0, run.tokenizer.vocab_size, (1, 16))
     with torch.no_grad():
