@@ -238,6 +238,17 @@ def cmd_export(ns: argparse.Namespace, extra: list[str]) -> int:
         export_safetensors(run.model, run.preset, run.tokenizer, ns.out)
         print(f"exported {run.slot} (step {run.step}) to {ns.out}: model.safetensors, preset.json, tokenizer")
         return 0
+    if ns.format == "ternary":
+        from lmforge.export.ternary_export import WEIGHTS_FILE, export_ternary
+
+        try:
+            sizes = export_ternary(run.model, run.preset, run.tokenizer, ns.out, ns.rest_dtype)
+        except ValueError as err:
+            return _fail(str(err))
+        print(f"exported {run.slot} (step {run.step}) to {ns.out}: {WEIGHTS_FILE} ({sizes['file_bytes']:,} bytes; "
+              f"ternary layers {sizes['ternary_ratio_vs_fp16']:.2f}x, whole model {sizes['model_ratio_vs_fp16']:.2f}x "
+              f"smaller than fp16), preset.json, tokenizer")
+        return 0
     import importlib.util
 
     if importlib.util.find_spec("transformers") is None:
@@ -342,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a run's weights as a Hugging Face model or plain safetensors")
     x.add_argument("--run-dir", required=True)
     x.add_argument("--slot", default=None, help="checkpoint slot; default: newest loadable")
-    x.add_argument("--format", choices=["hf", "safetensors"], required=True,
-                   help="hf: transformers Llama/GPT-2 folder (gpt models); safetensors: weights + preset.json + tokenizer (any model)")
+    x.add_argument("--format", choices=["hf", "safetensors", "ternary"], required=True,
+                   help="hf: transformers Llama/GPT-2 folder (gpt models); safetensors: weights + preset.json + tokenizer (any model); "
+                   "ternary: BitNet b1.58 layers packed 2 bits per weight (runs trained with layer swap bitlinear)")
+    x.add_argument("--rest-dtype", choices=["float32", "float16"], default="float32",
+                   help="--format ternary: dtype of the tensors that are not ternary (embeddings, head, norms)")
     x.add_argument("--out", required=True, help="output folder")
     x.set_defaults(func=cmd_export)
     d = sub.add_parser("data", help="pre-tokenize a preset's sources into token files (prepare) or count them (inspect)")

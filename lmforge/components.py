@@ -4,3 +4,5 @@ import lmforge.models  # noqa: F401  architectures
 import lmforge.objectives  # noqa: F401
 import lmforge.training.schedules  # noqa: F401
 import lmforge.training.forge_controller  # noqa: F401  alpha controller of the forge objective (seed 000)
+import lmforge.quant.bitnet  # noqa: F401  layer swap bitlinear (BitNet b1.58, seed 001)
+import lmforge.quant.schedule  # noqa: F401  schedule bitnet_two_stage
