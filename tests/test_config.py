@@ -38,7 +38,7 @@ def _error(raw) -> str:
         (lambda r: r["train"].update(lrr=1e-3), ["train.lrr: unknown key", "allowed:", "lr,"]),
         (lambda r: r["train"].update(lr="fast"), ["train.lr:", "'fast'"]),
         (lambda r: r["train"].update(lr=-1), ["train.lr:", "greater than 0"]),
-        (lambda r: r["model"].update(arch="gtp"), ["model.arch: unknown model arch 'gtp'", "allowed: gpt"]),
+        (lambda r: r["model"].update(arch="gtp"), ["model.arch: unknown model arch 'gtp'", "allowed:", " gpt"]),
         (lambda r: r["model"].update(n_embd=33), ["n_embd", "n_head"]),
         (lambda r: r["model"].update(norm="batchnorm"), ["model.norm", "rmsnorm", "layernorm"]),
         (lambda r: r["data"]["sources"][0].update(type="txt"), ["data.sources.0", "txt", "text"]),
