@@ -1,10 +1,11 @@
 """Presets: the schema of a run, loading from JSON/YAML, dotted overrides, readable errors.
 
 A preset has sections `model`, `data`, `train`, `objective`, `samples`, and lists
-`grad_filters` and `layer_swaps`. Sections whose schema depends on a registered
-component (`model` by `arch`, `objective` by `name`, each grad filter / layer
-swap by `name`) are validated with that component's own config class, so a
-recipe brings its own fields and the core does not list them.
+`grad_filters`, `layer_swaps` and `stages` (a stage plan: lmforge/training/stages.py).
+Sections whose schema depends on a registered component (`model` by `arch`,
+`objective` by `name`, each grad filter / layer swap by `name`) are validated with
+that component's own config class, so a recipe brings its own fields and the core
+does not list them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lmforge.config_base import Section
 from lmforge.data.config import DataConfig
@@ -90,6 +91,90 @@ class SamplesConfig(Section):
     interval: int = Field(0, ge=0, description="steps between samples; 0 = only at the end")
 
 
+class StageDataConfig(Section):
+    """A stage's own training data: replaces data.sources, and data.mix / data.source_weights when given."""
+
+    sources: list[Any] = Field(min_length=1, description="source configs (each with a registered `type`) this stage trains on")
+    mix: Literal["round_robin", "sequential", "weighted"] | None = Field(None, description="None = data.mix")
+    source_weights: list[float] | None = Field(
+        None, description="mix 'weighted': one weight per entry of this stage's sources (data.source_weights is never inherited)"
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _validate_sources(cls, value: list[Any]) -> list[BaseModel]:
+        return DataConfig._validate_sources(value)
+
+    def apply_to(self, base: DataConfig) -> DataConfig:
+        """The data section this stage trains with: the base one with sources (and mix, weights) replaced, revalidated."""
+        raw = base.model_dump()
+        raw.update(sources=[s.model_dump() for s in self.sources], source_weights=self.source_weights)
+        if self.mix is not None:
+            raw["mix"] = self.mix
+        return DataConfig.model_validate(raw)
+
+
+class StageConfig(Section):
+    """One stage of a stage plan: where it ends, what it trains on, which model settings it sets on entry.
+
+    A stage ends after step round(until_fraction * total_steps) or after step until_step; only the last
+    stage may leave both unset (it then runs to the end of the run).
+    """
+
+    name: str = Field(min_length=1, description="shown in metrics rows (stage_name) and per-stage val metrics (val_loss/<name>)")
+    until_fraction: float | None = Field(None, gt=0, le=1, description="the stage ends at this fraction of train.max_steps (or the token budget)")
+    until_step: int | None = Field(None, ge=1, description="the stage ends after this optimizer step (1-based, like metrics rows)")
+    data: StageDataConfig | None = Field(None, description="this stage's training data; None = the data section's sources")
+    model_settings: dict[str, Any] = Field(
+        default_factory=dict, description="name -> value, applied on entering the stage via the model's set_<name>(value) (agiformer: plasticity)"
+    )
+
+    @model_validator(mode="after")
+    def _one_boundary(self) -> "StageConfig":
+        if self.until_fraction is not None and self.until_step is not None:
+            raise ValueError("set until_fraction or until_step, not both")
+        return self
+
+
+def resolve_stage_ends(stages: list[StageConfig], total_steps: int) -> list[int]:
+    """Each stage's end as a step count (the stage trains steps end[i-1] < step <= end[i], 1-based).
+
+    Raises ValueError naming the field when the ends do not increase or the last stage does not reach the end.
+    """
+    ends, problems = [], []
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        if stage.until_step is not None:
+            end, field = stage.until_step, "until_step"
+        elif stage.until_fraction is not None:
+            end, field = round(stage.until_fraction * total_steps), "until_fraction"
+        else:
+            end, field = total_steps, None
+        where = f"stages.{i}.{field}" if field else f"stages.{i}"
+        previous = ends[-1] if ends else 0
+        if end <= previous:
+            problems.append(f"{where}: stage {stage.name!r} ends at step {end}, not after the previous stage's end ({previous}) "
+                            f"in a run of {total_steps} steps; stage ends must increase")
+        elif not last and end >= total_steps:
+            problems.append(f"{where}: stage {stage.name!r} ends at step {end}, so the stages after it never run "
+                            f"(the run has {total_steps} steps)")
+        elif last and end < total_steps:
+            problems.append(f"{where}: the last stage {stage.name!r} ends at step {end}, before the run's end ({total_steps}); "
+                            "give it until_fraction 1.0 or no boundary")
+        ends.append(max(end, previous + 1) if not last else max(end, total_steps))
+    if problems:
+        raise ValueError("\n".join(problems))
+    ends[-1] = total_steps
+    return ends
+
+
+def model_settings(model_cls: type) -> list[str]:
+    """Settings a model exposes to stage plans: its own `set_<name>(value)` methods (torch's set_* excluded)."""
+    import torch.nn as nn
+
+    return sorted(n[4:] for n in dir(model_cls) if n.startswith("set_") and not hasattr(nn.Module, n) and callable(getattr(model_cls, n)))
+
+
 class ComponentSpec(Section):
     """A registered component chosen by name; the rest of the keys are its own config."""
 
@@ -110,6 +195,9 @@ class Preset(Section):
     grad_filters: list[Any] = Field(default_factory=list)
     layer_swaps: list[Any] = Field(default_factory=list)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    stages: list[StageConfig] | None = Field(
+        None, min_length=1, description="a stage plan (curriculum): ordered stages, each with its own end, data and model settings; None = one stage"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -187,6 +275,7 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     if not isinstance(raw, dict):
         raise PresetError("(preset): must be a JSON/YAML object with sections model, data, train")
     problems: list[str] = []
+    raw, filled = _fill_stage_sources(raw)
     try:
         preset: Preset | None = Preset.model_validate(raw)
     except ValidationError as err:
@@ -204,11 +293,69 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     schedule = _validate_component(
         SCHEDULES, "name", train_raw.get("lr_schedule", {"name": "warmup_cosine"}), ("train", "lr_schedule"), problems
     )
+    if filled:  # a bad stage source is reported at the stage, not again at the data.sources made from it
+        problems = [p for p in problems if not p.startswith("data.sources")]
+    elif isinstance(raw.get("stages"), list) and raw["stages"]:
+        problems = [p + "; stages without their own data.sources train on it" if p.startswith("data.sources: required") else p for p in problems]
+    if preset is not None and preset.stages is not None and model is not None:
+        _validate_stages(preset, model.arch, problems)
     if problems or preset is None:
         raise PresetError("\n".join(problems))
     preset.model, preset.objective, preset.grad_filters, preset.layer_swaps = model, objective, filters, swaps
     preset.train.lr_schedule = schedule
     return preset
+
+
+def _fill_stage_sources(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """With stages that all bring their own sources, data.sources may be omitted: it becomes their union."""
+    stages, data = raw.get("stages"), raw.get("data")
+    if not isinstance(stages, list) or not stages or not isinstance(data, dict) or "sources" in data:
+        return raw, False
+    own = [s["data"].get("sources") if isinstance(s, dict) and isinstance(s.get("data"), dict) else None for s in stages]
+    if any(not isinstance(o, list) for o in own):
+        return raw, False
+    union: list[Any] = []
+    for spec in (spec for o in own for spec in o):
+        if spec not in union:
+            union.append(spec)
+    return {**raw, "data": {**data, "sources": union}}, True
+
+
+def _validate_stages(preset: Preset, arch: str, problems: list[str]) -> None:
+    """A stage plan's rules across stages: unique names, increasing ends covering the run, known model settings,
+    and each stage's data valid once merged into the data section."""
+    stages, before = preset.stages or [], len(problems)
+    names = [s.name for s in stages]
+    for n in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"stages.{names.index(n, names.index(n) + 1)}.name: {n!r} is used by an earlier stage; names must be unique")
+    for i, stage in enumerate(stages[:-1]):
+        if stage.until_fraction is None and stage.until_step is None:
+            problems.append(f"stages.{i}: stage {stage.name!r} needs until_fraction or until_step (only the last stage may run to the end)")
+    last = stages[-1]
+    if last.until_fraction is not None and last.until_fraction != 1:
+        problems.append(f"stages.{len(stages) - 1}.until_fraction: the last stage must cover the run (1.0 or no boundary), got {last.until_fraction}")
+    for i, (a, b) in enumerate(zip(stages, stages[1:])):
+        for field in ("until_fraction", "until_step"):
+            x, y = getattr(a, field), getattr(b, field)
+            if x is not None and y is not None and y <= x:
+                problems.append(f"stages.{i + 1}.{field}: {y} must be greater than the previous stage's {x}; stage ends must increase")
+    bad_plan = len(problems) > before
+    supported = model_settings(MODELS.get(arch))
+    for i, stage in enumerate(stages):
+        for key in stage.model_settings:
+            if key not in supported:
+                problems.append(f"stages.{i}.model_settings.{key}: model arch {arch!r} has no setting {key!r}; "
+                                f"supported: {', '.join(supported) or '(none: it has no set_<name> methods)'}")
+        if stage.data is not None:
+            try:
+                stage.data.apply_to(preset.data)
+            except ValidationError as err:
+                problems.extend(_format_errors(err, ("stages", i, "data"), DataConfig))
+    if preset.train.max_steps is not None and not bad_plan:  # with a token budget the trainer checks the ends
+        try:
+            resolve_stage_ends(preset.stages or [], preset.train.max_steps)
+        except ValueError as err:
+            problems.extend(str(err).splitlines())
 
 
 def _as_list(value: Any) -> list:

@@ -36,6 +36,7 @@ from lmforge.training.metrics import MetricsLogger
 from lmforge.training.optim import build_optimizer
 from lmforge.training.samples import write_samples
 from lmforge.training.schedules import build_schedule
+from lmforge.training.stages import StagePlan, evaluate_parts
 from lmforge.training.state import load_model_state, rng_state, seed_everything, set_rng_state
 
 
@@ -73,10 +74,16 @@ class Trainer:
             self.early_stopping = None
         self._stop_reason: str | None = None
 
+        self.seq_length = preset.data.seq_length or preset.model.block_size
+        self.tokens_per_step = tc.batch_size * self.seq_length * tc.grad_accum_steps * rt.world_size
+        self.total_steps = tc.max_steps or math.ceil(tc.train_tokens / self.tokens_per_step)
+        self.stages = StagePlan(preset, self.total_steps)  # one implicit stage when the preset has no `stages`
+        self.stage_index = 0
         self.tokenizer = self._setup_tokenizer()
         self.labels = self._setup_labels()
-        self.seq_length = preset.data.seq_length or preset.model.block_size
         self.model = self._setup_model()
+        self.stages.check_settings(self.model)
+        self.stages.apply(self.model, self.stage_index)
         self.objective = OBJECTIVES.get(preset.objective.name)(preset.objective)
         bind = getattr(self.objective, "bind", None)
         if bind is not None:  # before the optimizer: modules an objective attaches (a head) are trained and checkpointed
@@ -85,18 +92,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
 
-        self.tokens_per_step = tc.batch_size * self.seq_length * tc.grad_accum_steps * rt.world_size
-        self.total_steps = tc.max_steps or math.ceil(tc.train_tokens / self.tokens_per_step)
         self.lr_multiplier = build_schedule(tc.lr_schedule, self.total_steps)
 
-        self.train_data = DataPipeline(
-            preset.data, self.tokenizer, split="train", batch_size=tc.batch_size, seq_length=self.seq_length,
-            rank=rt.rank, world_size=rt.world_size, labels=self.labels,
-        )
-        self.val_batches = build_val_batches(
-            preset.data, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
-            max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size, labels=self.labels,
-        )
+        self.train_data = self._stage_pipeline(self.stage_index)
+        self.val_parts = [
+            (label, build_val_batches(
+                data, self.tokenizer, batch_size=tc.batch_size, seq_length=self.seq_length,
+                max_batches=tc.eval_batches, rank=rt.rank, world_size=rt.world_size, labels=self.labels,
+            ))
+            for label, data in self.stages.val_parts()
+        ]
+        self.val_batches = [b for _, batches in self.val_parts for b in batches]
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
         self.metrics = MetricsLogger(self.run_dir, enabled=rt.is_main, tensorboard=tc.tensorboard)
         self.step = 0
@@ -113,7 +119,7 @@ class Trainer:
 
         A char vocab covers all the data, as nanoGPT's does; BPE is trained on the train split only.
         """
-        rt, data_cfg = self.runtime, self.preset.data
+        rt, data_cfg = self.runtime, self.stages.union_data()
         vocab_split = "all" if data_cfg.tokenizer.type == "char" else "train"
 
         def texts():
@@ -122,6 +128,23 @@ class Trainer:
         tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts) if rt.is_main else None
         rt.barrier()
         return tokenizer or build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+
+    def _stage_pipeline(self, index: int) -> DataPipeline:
+        """The train batches of stage `index`, from the start of its data (a resume then loads the saved position)."""
+        rt = self.runtime
+        return DataPipeline(
+            self.stages.data(index), self.tokenizer, split="train", batch_size=self.preset.train.batch_size,
+            seq_length=self.seq_length, rank=rt.rank, world_size=rt.world_size, labels=self.labels,
+        )
+
+    def _enter_stage(self, index: int) -> None:
+        """At a stage boundary (or resuming into a later stage): the stage's data from its start, its model settings."""
+        self.train_data.close()
+        self.stage_index = index
+        self.train_data = self._stage_pipeline(index)
+        self.stages.apply(self.model, index)
+        if self.runtime.is_main and self.stages.explicit:
+            print(f"stage {index} ({self.stages.stages[index].name}) from step {self.step + 1}", file=sys.stderr)
 
     def _setup_labels(self) -> LabelVocab | None:
         """data.task classification: the label vocabulary, built by rank 0 from the train split and saved in the run dir."""
@@ -180,6 +203,7 @@ class Trainer:
             "tokens": self.tokens,
             "elapsed": self._elapsed(),
             "best_val_loss": self.best_val_loss,
+            "stage": self.stage_index,  # the stage of the data position in `ranks`
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ranks": per_rank,
@@ -232,6 +256,11 @@ class Trainer:
         if self.early_stopping and st.get("early_stopping"):
             self.early_stopping.load_state_dict(st["early_stopping"])
         mine = st["ranks"][self.runtime.rank]
+        stage = int(st.get("stage", 0))  # checkpoints from before stage plans: stage 0
+        if stage >= len(self.stages):
+            raise PresetError(f"checkpoint {ckpt.slot} is in stage {stage}, but the preset has {len(self.stages)} stage(s)")
+        if stage != self.stage_index:
+            self._enter_stage(stage)
         self.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])
         self.metrics.truncate_after(self.step)
@@ -314,7 +343,8 @@ class Trainer:
         if own is not None:
             return own(self.model, self.val_batches, self.runtime)
         tok = self.tokenizer
-        return evaluate_lm(self.model, self.val_batches, self.runtime, tok.token_byte_lengths(), tok.token_char_lengths())
+        token_bytes, token_chars = tok.token_byte_lengths(), tok.token_char_lengths()
+        return evaluate_parts(lambda batches: evaluate_lm(self.model, batches, self.runtime, token_bytes, token_chars), self.val_parts)
 
     def fit(self) -> TrainResult:
         rt, tc = self.runtime, self.preset.train
@@ -332,6 +362,10 @@ class Trainer:
         window_tokens, window_time, last_loss = 0, 0.0, None
         with self._install_signal_handlers():
             while self.step < self.total_steps and self._stop_reason is None:
+                stage = self.stages.index_at(self.step)
+                if stage != self.stage_index:
+                    self._enter_stage(stage)
+                    data_iter = iter(self.train_data)
                 lr = tc.lr * self.lr_multiplier(self.step)
                 wd_multiplier = getattr(self.lr_multiplier, "weight_decay_multiplier", None)
                 for group in self.optimizer.param_groups:
@@ -389,7 +423,7 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.evaluate()
         self.last_val = val
-        row = {"step": self.step, "tokens": self.tokens, **val, "eval_seconds": time.perf_counter() - t0, "elapsed": self._elapsed()}
+        row = {"step": self.step, "tokens": self.tokens, **self.stages.describe(self.stage_index), **val, "eval_seconds": time.perf_counter() - t0, "elapsed": self._elapsed()}
         self.metrics.log(row)
         improved = self.best_val_loss is None or val["val_loss"] < self.best_val_loss
         if improved:
@@ -412,6 +446,7 @@ class Trainer:
         describe = getattr(self.lr_multiplier, "describe", None)
         if describe is not None:
             row.update(describe(self.step - 1))  # the step just taken
+        row.update(self.stages.describe(self.stage_index))
         if self.flops_per_token and self.peak_flops:
             per_device = tokens_per_sec / self.runtime.world_size
             row["mfu"] = self.flops_per_token * per_device / self.peak_flops
