@@ -62,7 +62,6 @@ REFUSED = {
     "weight_bits": "BitNet b1.58 weights are ternary (1.58 bits); use use_bitnet=True",
     "streaming": "every lmforge source streams; there is nothing to switch",
 }
-GROKFAST_LAMBDA_FIELDS = ("lamb", "lambda_", "lam", "lambda_reg", "lmbda")
 
 
 class PipelineError(ValueError):
@@ -376,16 +375,15 @@ def _registered_spec(registry_name: str, name: str, option: str) -> dict[str, An
 
 
 def _grokfast_spec(cfg: dict[str, Any]) -> dict[str, Any]:
-    """use_grokfast -> the `grokfast_ema` gradient filter with the seed's alpha/lambda under the filter's own field names."""
-    from lmforge.registry import GRAD_FILTERS
+    """use_grokfast -> the `grokfast_ema` gradient filter; the seed's grokfast_alpha/grokfast_lambda become its alpha/lamb.
 
+    The preset validates the values (GrokfastEMAConfig), so a bad alpha comes back as a failed result naming the field.
+    """
     spec = _registered_spec("GRAD_FILTERS", "grokfast_ema", "use_grokfast")
-    fields = set(GRAD_FILTERS.config_class("grokfast_ema").model_fields) if GRAD_FILTERS.config_class("grokfast_ema") else set()
     if "grokfast_alpha" in cfg:
         spec["alpha"] = cfg["grokfast_alpha"]
     if "grokfast_lambda" in cfg:
-        key = next((f for f in GROKFAST_LAMBDA_FIELDS if f in fields), "lamb")
-        spec[key] = cfg["grokfast_lambda"]
+        spec["lamb"] = cfg["grokfast_lambda"]
     return spec
 
 
