@@ -1,5 +1,8 @@
 """Stage plans (lmforge/training/stages.py): boundaries, data switches, model settings, checkpoints and resume."""
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,6 +175,24 @@ def test_resume_mid_stage_gives_the_identical_next_batches_and_losses(tmp_path, 
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
 
 
+def test_sigkill_mid_stage_resumes_from_the_checkpoint_bitwise(tmp_path, corpora):
+    """Killed at step 7 (stage 1 runs steps 5-8, the last save was at 6): the restarted run repeats steps 7-12 exactly."""
+    raw = plan_preset(corpora)
+    train(load_preset(raw), tmp_path / "ref")
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(raw))
+    helper = REPO / "tests" / "helpers" / "train_and_signal.py"
+    proc = subprocess.run([sys.executable, str(helper), str(path), str(tmp_path / "run"), "7", "KILL"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    resumed = train(load_preset(raw), tmp_path / "run")
+    assert resumed.resumed_from == 6 and resumed.steps == 12
+    ref, got = (read_metrics(tmp_path / name) for name in ("ref", "run"))
+    assert [(r["step"], r["stage_name"], r["loss"]) for r in got if "loss" in r] == [
+        (r["step"], r["stage_name"], r["loss"]) for r in ref if "loss" in r
+    ]
+
+
 def test_tokenizer_learns_from_every_stage(tmp_path, corpora):
     raw = plan_preset(corpora)
     raw["data"]["tokenizer"] = {"type": "char"}
@@ -182,8 +203,9 @@ def test_tokenizer_learns_from_every_stage(tmp_path, corpora):
     assert len(StagePlan(trainer.preset, 12).union_data().sources) == 3
 
 
-def test_a_stage_without_data_trains_on_the_data_section(tmp_path, corpora):
-    raw = plan_preset(corpora, max_steps=6)
+def test_a_stage_without_data_or_settings_keeps_the_run_defaults(tmp_path, corpora):
+    """No data: the data section's sources; no setting: the value an earlier stage set stays (also after a resume)."""
+    raw = plan_preset(corpora, arch="agiformer", settings=[{"plasticity": 0.2}, {}, {}], max_steps=6)
     raw["data"]["sources"] = [{"type": "text", "path": str(corpora["stories"])}]
     raw["stages"] = raw["stages"][:2]
     del raw["stages"][1]["data"]
@@ -192,6 +214,7 @@ def test_a_stage_without_data_trains_on_the_data_section(tmp_path, corpora):
     assert [s.path for s in plan.data(1).sources] == [str(corpora["stories"])]
     assert [s.path for s in plan.data(0).sources] == [str(corpora["dictionary"])]
     assert [label for label, _ in plan.val_parts()] == ["dictionary", "stories"]
+    assert plan.settings(1) == {"plasticity": 0.2}
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -245,4 +268,4 @@ def test_shipped_curriculum_preset(shared_data):
     assert paths == ["../shared/data/dictionary.txt", "../shared/data/stories.txt", "../shared/data/wikitext-2/valid.txt"]
     assert all((REPO / p).is_file() for p in paths)  # relative to the repo root, like the other presets
     plan = StagePlan(preset, preset.train.max_steps)
-    assert [s.end_step for s in plan.stages] == [180, 360, 600]
+    assert [s.end_step for s in plan.stages] == [450, 900, 1500]

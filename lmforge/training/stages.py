@@ -10,8 +10,10 @@ What is shared by all stages:
 - the tokenizer, built once from the union of every stage's sources (char/bpe learn from all of them);
 - the validation set, fixed for the whole run so val metrics compare across boundaries: `data.val_sources`
   when set, else the held-out split (data.validation) of each distinct stage data, `eval_batches` batches
-  each. `val_loss`/`val_bpc` pool them (token-weighted); `val_loss/<stage>`, `val_bpc/<stage>` report each
-  (named after the first stage that trains on that data).
+  each. `val_loss`/`val_bpb`/`val_bpc` pool them (token-weighted); `val_loss/<stage>`, `val_bpb/<stage>`,
+  `val_bpc/<stage>` report each (named after the first stage that trains on that data).
+A stage's model settings hold until a later stage changes them; they are applied on entering a stage
+(and on resuming into one), and tried on a copy of the model at setup so a bad value fails at once.
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ class StagePlan:
 
     def __init__(self, preset: Preset, total_steps: int):
         self.explicit = preset.stages is not None
+        self.base = preset.data
         if not self.explicit:
             self.stages = [Stage(0, None, total_steps, preset.data)]
-            self.base = preset.data
             return
         try:
             ends = resolve_stage_ends(preset.stages, total_steps)
@@ -56,7 +58,6 @@ class StagePlan:
             Stage(i, s.name, end, s.data.apply_to(preset.data) if s.data is not None else preset.data, dict(s.model_settings))
             for i, (s, end) in enumerate(zip(preset.stages, ends))
         ]
-        self.base = preset.data
 
     def __len__(self) -> int:
         return len(self.stages)
