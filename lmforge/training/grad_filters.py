@@ -69,12 +69,11 @@ class GrokfastEMA:
         named = _grads(model)
         if not _all_finite([g for _, g in named]):
             return
-        old, fresh = [], []
+        old = []  # (mu, g) of parameters with an EMA already; a new one starts at its gradient
         for name, g in named:
             mu = self.mu.get(name)
             if mu is None:
                 self.mu[name] = g.detach().clone(memory_format=torch.contiguous_format)  # mu_1 = g_1
-                fresh.append(name)
             else:
                 if mu.device != g.device:  # state loaded from a checkpoint lands on the CPU
                     self.mu[name] = mu = mu.to(g.device)
