@@ -15,7 +15,7 @@ The recurrent form's cost per position grows with length under autograd (it keep
 so its extrapolated cells are lower bounds. Reports ms per run, us per token and tokens/s; writes
 bench/results/memory_scaling.json. MFU is left out: these are memory-bound small-head kernels on a CPU.
 
-usage: flock /tmp/lmforge_heavy.lock python bench/memory_scaling.py [--lengths 512,1024,...] [--cap 30]
+usage: python bench/memory_scaling.py [--lengths 512,1024,...] [--cap 30]
 """
 from __future__ import annotations
 

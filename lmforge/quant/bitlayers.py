@@ -12,6 +12,8 @@ that is how a packed export is loaded back for inference.
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,14 +21,15 @@ import torch.nn.functional as F
 from lmforge.quant.ternary import quantize_activation, quantize_weight, ste
 
 
-class TernaryWeights:
+class TernaryWeights(abc.ABC):
     """Mixin: weights named in `quantized_names()` are used as ternary codes * scale in the forward pass."""
 
     eps: float
     norm: nn.Module
 
+    @abc.abstractmethod
     def quantized_names(self) -> list[str]:
-        raise NotImplementedError
+        """Names of the weight tensors this layer quantizes (each layer type knows its own)."""
 
     def is_frozen(self, name: str) -> bool:
         return hasattr(self, name + "_codes")
