@@ -17,7 +17,7 @@ from lmforge.evaluation.grokking import (
 from lmforge.models.gpt import GPT
 from lmforge.registry import GRAD_FILTERS, SCHEDULES
 from lmforge.training.callbacks import Callback
-from lmforge.training.grad_filters import GrokfastEMA, GrokfastEMAConfig, GrokfastMA, GrokfastMAConfig
+from lmforge.training.grad_filters import GrokfastEMA, GrokfastEMAConfig, GrokfastMA, GrokfastMAConfig, apply_grad_filters
 from lmforge.training.grokfast_phases import GrokfastPhasesConfig, grokfast_phases
 from lmforge.training.metrics import read_metrics
 from lmforge.training.trainer import Trainer
@@ -101,14 +101,18 @@ def test_filter_state_round_trips_through_weights_only_load():
         GrokfastMA(GrokfastMAConfig(window=5), None).load_state_dict(_roundtrip(a.state_dict()))
 
 
-def test_non_finite_step_leaves_filter_state_alone():
+def test_non_finite_step_leaves_filter_state_alone_under_a_grad_scaler():
     """Under an fp16 GradScaler an overflowing step is skipped; an inf in the EMA would poison every later step."""
     m = OneParam()
     f = GrokfastEMA(GrokfastEMAConfig(alpha=0.5, lamb=2.0), m)
     _step(f, m, G1)
-    _step(f, m, [math.inf, 0.0])
+    m.w.grad = torch.tensor([math.inf, 0.0])
+    apply_grad_filters([f], m, skip_nonfinite=True)
     assert f.mu["w"].tolist() == G1 and f.steps == 1
     assert _step(f, m, G2) == [7.0, -2.0]
+    m.w.grad = torch.tensor([math.inf, 0.0])
+    apply_grad_filters([f], m, skip_nonfinite=False)  # no scaler: no check, the filter runs
+    assert f.steps == 3 and not math.isfinite(f.mu["w"][0].item())
 
 
 # ---------------------------------------------------------------- presets

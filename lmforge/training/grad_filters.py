@@ -13,7 +13,9 @@ Note the sign: the filtered gradient *adds* the smoothed one. Seed 001's
 `g + lamb*(g - ema)` amplifies the fast part instead (see CORRECTIONS.md).
 
 The trainer builds a filter as `GRAD_FILTERS.get(name)(cfg, model)`, calls
-`f(model)` after backward and `scaler.unscale_`, before clipping, and saves
+`apply_grad_filters` (each `f(model)` in order) after backward and
+`scaler.unscale_`, before clipping (skipping a step whose fp16 gradients
+overflowed), and saves
 `f.state_dict()` (plain dicts of tensors, ints and lists, so it loads with
 `torch.load(weights_only=True)`).
 
@@ -38,13 +40,26 @@ def _grads(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
 
 
-def _all_finite(grads: list[torch.Tensor]) -> bool:
-    """One host sync. Under an fp16 GradScaler an overflowing step is skipped by the scaler; the filter must
-    skip it too, or inf/nan enters its state and every later step is poisoned."""
+def grads_are_finite(model: nn.Module) -> bool:
+    """Whether every gradient is finite; one host sync."""
+    grads = [g for _, g in _grads(model)]
     if not grads:
         return True
     norms = torch._foreach_norm(grads)
     return bool(torch.stack([n.float() for n in norms]).isfinite().all())
+
+
+def apply_grad_filters(filters: list, model: nn.Module, skip_nonfinite: bool) -> None:
+    """Run the filters on this step's (unscaled) gradients, in order.
+
+    With `skip_nonfinite` (the trainer sets it when an fp16 GradScaler is on) a step whose gradients overflowed
+    is left alone: the scaler skips that optimizer step, and an inf folded into a filter's state would poison
+    every later step. Without a scaler nothing is checked, so the common path adds no host sync.
+    """
+    if not filters or (skip_nonfinite and not grads_are_finite(model)):
+        return
+    for f in filters:
+        f(model)
 
 
 class GrokfastEMAConfig(Section):
@@ -67,8 +82,6 @@ class GrokfastEMA:
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:
         named = _grads(model)
-        if not _all_finite([g for _, g in named]):
-            return
         old = []  # (mu, g) of parameters with an EMA already; a new one starts at its gradient
         for name, g in named:
             mu = self.mu.get(name)
@@ -144,8 +157,6 @@ class GrokfastMA:
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:
         named = _grads(model)
-        if not _all_finite([g for _, g in named]):
-            return
         for name, g in named:
             w = self.windows.get(name)
             if w is None:

@@ -31,6 +31,7 @@ from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping
 from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_save, unique_state_dict
+from lmforge.training.grad_filters import apply_grad_filters
 from lmforge.training.init_from import init_weights_from
 from lmforge.training.metrics import MetricsLogger
 from lmforge.training.optim import build_optimizer
@@ -329,8 +330,7 @@ class Trainer:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32).detach() / accum
         self.scaler.unscale_(self.optimizer)
-        for f in self.grad_filters:
-            f(self.model)
+        apply_grad_filters(self.grad_filters, self.model, skip_nonfinite=self.scaler.is_enabled())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
