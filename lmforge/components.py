@@ -8,3 +8,4 @@ import lmforge.quant.bitnet  # noqa: F401  layer swap bitlinear (BitNet b1.58, s
 import lmforge.quant.schedule  # noqa: F401  schedule bitnet_two_stage
 import lmforge.training.grad_filters  # noqa: F401  grokfast_ema, grokfast_ma (Lee et al. 2024, seed 001)
 import lmforge.training.grokfast_phases  # noqa: F401  schedule grokfast_phases (seed 001's LR phases)
+import lmforge.training.optim  # noqa: F401  optimizers adamw, adam, sgd, muon

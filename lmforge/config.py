@@ -18,14 +18,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from lmforge.config_base import Section
 from lmforge.data.config import DataConfig
-from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, SCHEDULES, Registry
+from lmforge.errors import PresetError  # noqa: F401  (re-exported: lmforge.config.PresetError)
+from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Registry
 
 CONFIG_DIR_NAME = "configs"
 DEFAULT_PRESET = "quickstart_cpu"  # what `python main.py` trains when Enter is pressed or there is no terminal
-
-
-class PresetError(ValueError):
-    """A preset that does not validate; the message lists every problem with its field path."""
 
 
 class TrainConfig(Section):
@@ -44,6 +41,10 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
+    optimizer: Any = Field(
+        default_factory=lambda: {"name": "adamw"},
+        description="optimizer by registered name (adamw, adam, sgd, muon), with its own options; weight_decay, beta1, beta2, eps above are shared",
+    )
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
@@ -115,10 +116,12 @@ class StageDataConfig(Section):
 
 
 class StageConfig(Section):
-    """One stage of a stage plan: where it ends, what it trains on, which model settings it sets on entry.
+    """One stage of a stage plan: where it ends, what it trains on and with what, which settings it sets on entry.
 
     A stage ends after step round(until_fraction * total_steps) or after step until_step; only the last
-    stage may leave both unset (it then runs to the end of the run).
+    stage may leave both unset (it then runs to the end of the run). `model_settings` and `optimizer` options
+    carry over to later stages that do not set them; `objective`, `trainable`, `lr` and `lr_schedule` belong
+    to the stage alone (a stage without them trains with the run's).
     """
 
     name: str = Field(min_length=1, description="shown in metrics rows (stage_name) and per-stage val metrics (val_loss/<name>)")
@@ -127,6 +130,15 @@ class StageConfig(Section):
     data: StageDataConfig | None = Field(None, description="this stage's training data; None = the data section's sources")
     model_settings: dict[str, Any] = Field(
         default_factory=dict, description="name -> value, applied on entering the stage via the model's set_<name>(value) (agiformer: plasticity)"
+    )
+    objective: Any = Field(None, description="this stage's objective (a registered objective spec), built for the stage; None = the preset's")
+    trainable: list[str] | None = Field(
+        None, min_length=1, description='fnmatch globs over parameter names, e.g. ["blocks.3.*", "lm_head.*"]; the rest is frozen; None = all'
+    )
+    lr: float = Field(1.0, gt=0, description="multiplier on train.lr (times the schedule) in this stage")
+    lr_schedule: Any = Field(None, description="this stage's own LR schedule over its steps (a registered schedule spec); None = the run's")
+    optimizer: dict[str, Any] = Field(
+        default_factory=dict, description="optimizer param-group options set on entering the stage (weight_decay, betas, eps, momentum, ...)"
     )
 
     @model_validator(mode="after")
@@ -293,6 +305,9 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     schedule = _validate_component(
         SCHEDULES, "name", train_raw.get("lr_schedule", {"name": "warmup_cosine"}), ("train", "lr_schedule"), problems
     )
+    optimizer = _validate_component(
+        OPTIMIZERS, "name", train_raw.get("optimizer", {"name": "adamw"}), ("train", "optimizer"), problems
+    )
     if filled:  # a bad stage source is reported at the stage, not again at the data.sources made from it
         problems = [p for p in problems if not p.startswith("data.sources")]
     elif isinstance(raw.get("stages"), list) and raw["stages"]:
@@ -302,7 +317,7 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     if problems or preset is None:
         raise PresetError("\n".join(problems))
     preset.model, preset.objective, preset.grad_filters, preset.layer_swaps = model, objective, filters, swaps
-    preset.train.lr_schedule = schedule
+    preset.train.lr_schedule, preset.train.optimizer = schedule, optimizer
     return preset
 
 
@@ -346,6 +361,10 @@ def _validate_stages(preset: Preset, arch: str, problems: list[str]) -> None:
             if key not in supported:
                 problems.append(f"stages.{i}.model_settings.{key}: model arch {arch!r} has no setting {key!r}; "
                                 f"supported: {', '.join(supported) or '(none: it has no set_<name> methods)'}")
+        if stage.objective is not None:
+            stage.objective = _validate_component(OBJECTIVES, "name", stage.objective, ("stages", i, "objective"), problems)
+        if stage.lr_schedule is not None:
+            stage.lr_schedule = _validate_component(SCHEDULES, "name", stage.lr_schedule, ("stages", i, "lr_schedule"), problems)
         if stage.data is not None:
             try:
                 stage.data.apply_to(preset.data)

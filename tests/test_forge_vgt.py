@@ -12,7 +12,7 @@ from lmforge.config import PresetError, load_preset
 from lmforge.generation import SamplingConfig, generate
 from lmforge.models import VGT, VGTConfig
 from lmforge.objectives import StepContext, compute_forge_loss
-from lmforge.registry import OBJECTIVES, SCHEDULES
+from lmforge.registry import ALPHA_SCHEDULES, OBJECTIVES
 from lmforge.training.callbacks import Callback
 from lmforge.training.forge_controller import ForgeControllerConfig
 from lmforge.training.metrics import read_metrics
@@ -23,7 +23,7 @@ TINY_CONTROLLER = {"warmup": 2, "compaction_end": 0.5, "start": 0.5, "peak": 2.0
 
 
 def controller(options: dict, total_steps: int):
-    return SCHEDULES.get("forge_controller")(ForgeControllerConfig(**options), total_steps)
+    return ALPHA_SCHEDULES.get("forge_controller")(ForgeControllerConfig(**options), total_steps)
 
 
 # ---------------------------------------------------------------------------- controller

@@ -154,8 +154,10 @@ def test_swiglu_hidden_dim():
 
 
 def test_optimizer_groups_follow_nanogpt():
+    from lmforge.training.optim import decay_groups
+
     model = tiny(norm="layernorm", bias=True)
-    decay, no_decay = model.configure_optimizer_groups(0.1)
+    decay, no_decay = decay_groups(list(model.parameters()), 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert any(p is model.wte.weight for p in decay["params"])

@@ -189,15 +189,6 @@ class GPT(nn.Module):
         """Training FLOPs per token at context `seq_len` (see `lmforge.models.flops.flops_per_token`)."""
         return flops_per_token(self.config, self.num_params(exclude_embeddings=True), seq_len)
 
-    def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """nanoGPT's rule: decay every parameter with dim >= 2 (Linear and embedding matrices), never
-        biases or norm gains (dim 1), whose decay would only pull scales and offsets toward zero."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-
     # ------------------------------------------------------------------ context extension
 
     @torch.no_grad()

@@ -168,11 +168,3 @@ class VGT(nn.Module):
         c = self.config
         head = 6 * c.n_embd * c.vocab_size if c.tie_embeddings else 0
         return float(6 * self.num_params(exclude_embeddings=True) + head)
-
-    def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """nanoGPT's rule: decay matrices (embedding, GRU and head weights), never biases or LayerNorm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]

@@ -17,6 +17,7 @@ from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
 from lmforge.objectives.heads import attach_head, unwrap
+from lmforge.protocols import Objective
 from lmforge.registry import OBJECTIVES
 from lmforge.runtime import Runtime
 
@@ -36,7 +37,7 @@ def class_logits(model: torch.nn.Module, out, batch: dict[str, torch.Tensor]) ->
 
 
 @OBJECTIVES.register("classification", config=ClassificationConfig)
-class Classification:
+class Classification(Objective):
     """CE over class ids (labels -100 = unknown class, ignored); logs `cls_loss` and `accuracy`."""
 
     def __init__(self, cfg: ClassificationConfig):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
+from lmforge.protocols import Objective
 from lmforge.registry import OBJECTIVES
 
 IGNORE_INDEX = -100
@@ -40,7 +41,7 @@ def per_sequence_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> to
 
 
 @OBJECTIVES.register("clm", config=CLMConfig)
-class CausalLM:
+class CausalLM(Objective):
     def __init__(self, cfg: CLMConfig):
         self.cfg = cfg
 

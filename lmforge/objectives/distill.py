@@ -18,6 +18,7 @@ from lmforge.config import PresetError
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms, next_token_cross_entropy
+from lmforge.protocols import Objective
 from lmforge.registry import OBJECTIVES
 
 
@@ -54,7 +55,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
 
 
 @OBJECTIVES.register("distill", config=DistillConfig)
-class Distill:
+class Distill(Objective):
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
         self.teacher: torch.nn.Module | None = None

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
-from lmforge.registry import OBJECTIVES, SCHEDULES
+from lmforge.protocols import Objective
+from lmforge.registry import ALPHA_SCHEDULES, OBJECTIVES
 
 DEFAULT_CONTROLLER = "forge_controller"
 
@@ -66,18 +67,18 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def validate_controller(spec: Any) -> BaseModel:
-    """An α controller is any registered schedule (default forge_controller), validated by its own config.
+    """An α controller is any registered alpha schedule (default forge_controller), validated by its own config.
 
-    Looked up in SCHEDULES by name rather than imported, so objectives never import `lmforge.training`.
+    Looked up in ALPHA_SCHEDULES by name rather than imported, so objectives never import `lmforge.training`.
     """
     if isinstance(spec, BaseModel):
         return spec
     if not isinstance(spec, dict):
         raise ValueError("must be an object of schedule options, e.g. {\"warmup\": 0.05, \"peak\": 1.0}")
     spec = {"name": DEFAULT_CONTROLLER, **spec}
-    if spec["name"] not in SCHEDULES:
-        raise ValueError(f"unknown schedule {spec['name']!r}; allowed: {', '.join(SCHEDULES.names())}")
-    cls = SCHEDULES.config_class(spec["name"])
+    if spec["name"] not in ALPHA_SCHEDULES:
+        raise ValueError(f"unknown alpha schedule {spec['name']!r}; allowed: {', '.join(ALPHA_SCHEDULES.names())}")
+    cls = ALPHA_SCHEDULES.config_class(spec["name"])
     try:
         return cls.model_validate(spec)
     except ValidationError as err:
@@ -89,7 +90,7 @@ def controller_field() -> Any:
     """The `controller` field every α-driven objective declares (defaults to forge_controller's defaults)."""
     return Field(
         default_factory=lambda: {"name": DEFAULT_CONTROLLER}, validate_default=True,
-        description="α over the run: a registered schedule's options (name defaults to forge_controller)",
+        description="α over the run: a registered alpha schedule's options (name defaults to forge_controller)",
     )
 
 
@@ -104,7 +105,7 @@ class AlphaController:
 
     def __call__(self, ctx: StepContext) -> float:
         if self._total != ctx.total_steps:  # built on first use: the run length is known only then
-            self._fn = SCHEDULES.get(self.cfg.name)(self.cfg, ctx.total_steps)
+            self._fn = ALPHA_SCHEDULES.get(self.cfg.name)(self.cfg, ctx.total_steps)
             self._total = ctx.total_steps
         self.alpha = float(self._fn(ctx.step))
         return self.alpha
@@ -129,7 +130,7 @@ class ForgeConfig(Section):
 
 
 @OBJECTIVES.register("forge", config=ForgeConfig)
-class ForgeObjective:
+class ForgeObjective(Objective):
     """compute_forge_loss on the model's final normed hidden states and its input embedding."""
 
     def __init__(self, cfg: ForgeConfig):

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import add_model_terms
+from lmforge.protocols import Objective
 from lmforge.registry import OBJECTIVES
 from lmforge.runtime import Runtime
 
@@ -53,7 +54,7 @@ class MultitaskConfig(Section):
 
 
 @OBJECTIVES.register("multitask", config=MultitaskConfig)
-class Multitask:
+class Multitask(Objective):
     def __init__(self, cfg: MultitaskConfig):
         self.cfg = cfg
         self.tasks: list[tuple[str, float, Any]] = []
@@ -68,8 +69,7 @@ class Multitask:
 
     def bind(self, model: torch.nn.Module, trainer: Any) -> None:
         for _, _, objective in self.tasks:
-            if hasattr(objective, "bind"):
-                objective.bind(model, trainer)
+            objective.bind(model, trainer)
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(batch["input_ids"])
@@ -88,8 +88,8 @@ class Multitask:
         result: dict[str, float] = {"val_loss": 0.0}
         accuracies: list[tuple[bool, float]] = []  # (is the task's own evaluation, accuracy)
         for name, weight, objective in self.tasks:
-            own = getattr(objective, "evaluate", None)
-            sub = own(model, batches, runtime) if own is not None else evaluate_lm(model, batches, runtime)
+            own = objective.evaluate(model, batches, runtime)
+            sub = own if own is not None else evaluate_lm(model, batches, runtime)
             result["val_loss"] += weight * sub["val_loss"]
             if "val_accuracy" in sub:
                 accuracies.append((own is not None, sub["val_accuracy"]))

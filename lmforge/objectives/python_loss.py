@@ -23,6 +23,7 @@ from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
 from lmforge.objectives.forge import AlphaController, controller_field, unwrap_model, validate_controller
+from lmforge.protocols import Objective
 from lmforge.registry import OBJECTIVES
 
 
@@ -67,7 +68,7 @@ class PythonLossConfig(Section):
 
 
 @OBJECTIVES.register("python", config=PythonLossConfig)
-class PythonLoss:
+class PythonLoss(Objective):
     """Runs the model, computes α, and hands both to the user's function."""
 
     def __init__(self, cfg: PythonLossConfig):

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.registry import SCHEDULES
+from lmforge.training.schedules import Schedule
 
 
 class BitNetTwoStageConfig(Section):
@@ -44,7 +45,7 @@ class BitNetTwoStageConfig(Section):
         return self
 
 
-class TwoStageSchedule:
+class TwoStageSchedule(Schedule):
     """step -> LR multiplier, plus weight_decay_multiplier(step) and describe(step) for the trainer."""
 
     def __init__(self, cfg: BitNetTwoStageConfig, total_steps: int):

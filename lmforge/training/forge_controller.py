@@ -1,9 +1,8 @@
 """The Forge Controller (seed 000): the weight α of the forge loss's regularizers over a run.
 
-Registered in SCHEDULES because it is a step -> scalar function built like the
-LR schedules (`SCHEDULES.get("forge_controller")(cfg, total_steps)`), but it
-returns α itself, not a multiplier of a peak LR: use it as an objective's
-`controller`, not as `train.lr_schedule` (its warm-up would set the LR to 0).
+Registered in ALPHA_SCHEDULES, not among the LR schedules: it is built like one
+(`ALPHA_SCHEDULES.get("forge_controller")(cfg, total_steps)`) but returns α itself,
+a loss weight, so it is an objective's `controller` and never a `train.lr_schedule`.
 
 Phases, with `step` the 0-based optimizer step:
   warm-up     step < warmup:                α = 0 (plain cross-entropy)
@@ -19,13 +18,12 @@ one preset away (`{"warmup": 4000, "start": 1, "peak": 30, "floor": 1}`).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
-from lmforge.registry import SCHEDULES
-from lmforge.training.schedules import ScheduleFn
+from lmforge.registry import ALPHA_SCHEDULES
 
 Boundary = int | float  # an int counts optimizer steps, a float is a fraction of the run
 
@@ -56,8 +54,8 @@ def resolve_boundary(value: Boundary, total_steps: int) -> int:
     return value if isinstance(value, int) else int(value * total_steps)
 
 
-@SCHEDULES.register("forge_controller", config=ForgeControllerConfig)
-def forge_controller(cfg: ForgeControllerConfig, total_steps: int) -> ScheduleFn:
+@ALPHA_SCHEDULES.register("forge_controller", config=ForgeControllerConfig)
+def forge_controller(cfg: ForgeControllerConfig, total_steps: int) -> Callable[[int], float]:
     """α(step) for a run of `total_steps` optimizer steps (returns α, not an LR multiplier)."""
     warm = resolve_boundary(cfg.warmup, total_steps)
     end = resolve_boundary(cfg.compaction_end, total_steps)

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.registry import SCHEDULES
+from lmforge.training.schedules import Schedule
 
 PHASES = ("warmup", "acceleration", "consolidation", "refinement")
 
@@ -54,7 +55,7 @@ class GrokfastPhasesConfig(Section):
         return self
 
 
-class GrokfastPhases:
+class GrokfastPhases(Schedule):
     """step (0-based) -> LR multiplier, with `describe(step)` for the metrics row."""
 
     def __init__(self, cfg: GrokfastPhasesConfig, total_steps: int):

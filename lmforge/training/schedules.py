@@ -1,17 +1,15 @@
-"""Step -> multiplier schedules, registered by name (LR now; any scalar a recipe needs later).
+"""LR schedules, registered by name: `train.lr_schedule` (and a stage's own `lr_schedule`).
 
-A schedule is built as `SCHEDULES.get(name)(config, total_steps)` and returns a
-function of the optimizer step (0-based) giving a multiplier of the peak value.
-
-A schedule may also carry two optional attributes the trainer reads:
-- `weight_decay_multiplier(step) -> float`: scales `train.weight_decay` in the
-  decayed parameter groups (BitNet b1.58 drops weight decay to 0 mid-run);
-- `describe(step) -> dict`: extra fields for the metrics row (a phase name, say).
+A schedule is built as `SCHEDULES.get(name)(config, total_steps)` and returns a `Schedule`: called with the
+optimizer step (0-based) it gives a multiplier of the peak LR. Two more methods the trainer reads, with
+neutral defaults here:
+- `weight_decay_multiplier(step)`: scales each decayed group's weight decay (BitNet b1.58 drops it to 0 mid-run);
+- `describe(step)`: extra fields for the metrics row (a phase name, say).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
@@ -19,6 +17,29 @@ from lmforge.config_base import Section
 from lmforge.registry import SCHEDULES
 
 ScheduleFn = Callable[[int], float]
+
+
+class Schedule:
+    """Base of every LR schedule: `__call__(step)` is the LR multiplier; the other two are optional extras."""
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+    def weight_decay_multiplier(self, step: int) -> float:
+        return 1.0
+
+    def describe(self, step: int) -> dict[str, Any]:
+        return {}
+
+
+class FunctionSchedule(Schedule):
+    """A schedule given as a plain step -> multiplier function."""
+
+    def __init__(self, fn: ScheduleFn):
+        self.fn = fn
+
+    def __call__(self, step: int) -> float:
+        return self.fn(step)
 
 
 class WarmupCosineConfig(Section):
@@ -29,7 +50,7 @@ class WarmupCosineConfig(Section):
 
 
 @SCHEDULES.register("warmup_cosine", config=WarmupCosineConfig)
-def warmup_cosine(cfg: WarmupCosineConfig, total_steps: int) -> ScheduleFn:
+def warmup_cosine(cfg: WarmupCosineConfig, total_steps: int) -> Schedule:
     """Linear warm-up then cosine decay to `min_lr_ratio`, exactly nanoGPT's `get_lr`."""
     decay = cfg.decay_steps or total_steps
     warm = cfg.warmup_steps
@@ -43,7 +64,7 @@ def warmup_cosine(cfg: WarmupCosineConfig, total_steps: int) -> ScheduleFn:
         coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
         return cfg.min_lr_ratio + coeff * (1.0 - cfg.min_lr_ratio)
 
-    return fn
+    return FunctionSchedule(fn)
 
 
 class ConstantConfig(Section):
@@ -52,10 +73,10 @@ class ConstantConfig(Section):
 
 
 @SCHEDULES.register("constant", config=ConstantConfig)
-def constant(cfg: ConstantConfig, total_steps: int) -> ScheduleFn:
+def constant(cfg: ConstantConfig, total_steps: int) -> Schedule:
     """Linear warm-up, then the peak value for the rest of the run."""
     warm = cfg.warmup_steps
-    return lambda step: (step + 1) / (warm + 1) if step < warm else 1.0
+    return FunctionSchedule(lambda step: (step + 1) / (warm + 1) if step < warm else 1.0)
 
 
 class WSDConfig(Section):
@@ -67,7 +88,7 @@ class WSDConfig(Section):
 
 
 @SCHEDULES.register("wsd", config=WSDConfig)
-def warmup_stable_decay(cfg: WSDConfig, total_steps: int) -> ScheduleFn:
+def warmup_stable_decay(cfg: WSDConfig, total_steps: int) -> Schedule:
     """Warm-up, a long constant phase, then a short decay (MiniCPM's WSD); resumable at any step."""
     warm = cfg.warmup_steps
     decay_start = max(warm, int(total_steps * (1 - cfg.decay_fraction)))
@@ -82,8 +103,8 @@ def warmup_stable_decay(cfg: WSDConfig, total_steps: int) -> ScheduleFn:
         shape = progress if cfg.decay_shape == "linear" else math.sqrt(progress)
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - shape)
 
-    return fn
+    return FunctionSchedule(fn)
 
 
-def build_schedule(cfg: Section, total_steps: int) -> ScheduleFn:
+def build_schedule(cfg: Section, total_steps: int) -> Schedule:
     return SCHEDULES.get(cfg.name)(cfg, total_steps)

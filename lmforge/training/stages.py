@@ -18,45 +18,65 @@ A stage's model settings hold until a later stage changes them; they are applied
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+from pydantic import BaseModel
 
-from lmforge.config import Preset, PresetError, resolve_stage_ends
+from lmforge.config import Preset, resolve_stage_ends
 from lmforge.data.config import DataConfig
+from lmforge.errors import PresetError
+from lmforge.protocols import Optimizer
+from lmforge.training.schedules import Schedule, build_schedule
 
 Batches = list[dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One resolved stage: it trains the steps `end_step` of the previous stage < step <= `end_step` (1-based)."""
+    """One resolved stage: it trains the steps `start_step` < step <= `end_step` (1-based)."""
 
     index: int
     name: str | None  # None: the implicit single stage of a preset without `stages`
+    start_step: int
     end_step: int
     data: DataConfig
     settings: dict[str, Any] = field(default_factory=dict)
+    objective: BaseModel | None = None  # None: the run's objective
+    trainable: list[str] | None = None  # None: every parameter
+    lr: float = 1.0
+    schedule: Schedule | None = None  # None: the run's schedule at the run's step
+    optimizer: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.end_step - self.start_step
 
 
 class StagePlan:
-    """The stages of one run, resolved against its step count."""
+    """The stages of one run, resolved against its step count, with the run's LR schedule."""
 
     def __init__(self, preset: Preset, total_steps: int):
         self.explicit = preset.stages is not None
         self.base = preset.data
+        self.run_schedule = build_schedule(preset.train.lr_schedule, total_steps)
         if not self.explicit:
-            self.stages = [Stage(0, None, total_steps, preset.data)]
+            self.stages = [Stage(0, None, 0, total_steps, preset.data)]
             return
         try:
             ends = resolve_stage_ends(preset.stages, total_steps)
         except ValueError as err:
             raise PresetError(str(err)) from None
         self.stages = [
-            Stage(i, s.name, end, s.data.apply_to(preset.data) if s.data is not None else preset.data, dict(s.model_settings))
-            for i, (s, end) in enumerate(zip(preset.stages, ends))
+            Stage(
+                i, s.name, start, end, s.data.apply_to(preset.data) if s.data is not None else preset.data, dict(s.model_settings),
+                s.objective, s.trainable, s.lr, build_schedule(s.lr_schedule, end - start) if s.lr_schedule is not None else None,
+                dict(s.optimizer),
+            )
+            for i, (s, start, end) in enumerate(zip(preset.stages, [0, *ends[:-1]], ends))
         ]
 
     def __len__(self) -> int:
@@ -100,21 +120,59 @@ class StagePlan:
     def settings(self, index: int) -> dict[str, Any]:
         """The model settings in force in stage `index`: its own over those of the stages before it (a setting a stage
         leaves out keeps its earlier value, as in an uninterrupted run, also after a resume)."""
+        return self._carried(index, "settings")
+
+    def optimizer_options(self, index: int) -> dict[str, Any]:
+        """The optimizer options in force in stage `index` (carried over like model settings)."""
+        return self._carried(index, "optimizer")
+
+    def _carried(self, index: int, attribute: str) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for stage in self.stages[: index + 1]:
-            merged.update(stage.settings)
+            merged.update(getattr(stage, attribute))
         return merged
 
-    def check_settings(self, model: torch.nn.Module) -> None:
-        """Try every stage's settings on a copy of the model, so a bad value fails at setup, not at a boundary hours in."""
+    def schedule_at(self, step: int) -> tuple[Schedule, int, float]:
+        """(schedule, the step to ask it for, the stage's LR multiplier) for optimizer step `step` (0-based)."""
+        stage = self.stages[self.index_at(step)]
+        if stage.schedule is not None:
+            return stage.schedule, step - stage.start_step, stage.lr
+        return self.run_schedule, step, stage.lr
+
+    def check(self, model: torch.nn.Module, optimizer: Optimizer) -> None:
+        """Try every stage's settings on a copy of the model, and its globs and optimizer options, so a bad value fails
+        at setup, not at a boundary hours in."""
         if any(stage.settings for stage in self.stages):
             trial = copy.deepcopy(model)
             for stage in self.stages:
                 self._set(trial, stage.index, stage.settings)
+        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        for stage in self.stages:
+            for i, pattern in enumerate(stage.trainable or ()):
+                if not fnmatch.filter(names, pattern):
+                    raise PresetError(f"stages.{stage.index}.trainable.{i}: {pattern!r} matches no parameter; "
+                                      f"names look like {', '.join(names[:4])}, ... ({len(names)} in all)")
+            allowed = sorted({k for g in optimizer.param_groups for k in g} - {"params", "lr", "lr_scale", "base_weight_decay", "decay"})
+            for key in stage.optimizer:
+                if key not in allowed:
+                    raise PresetError(f"stages.{stage.index}.optimizer.{key}: not an option of this optimizer; allowed: {', '.join(allowed)}")
 
     def apply(self, model: torch.nn.Module, index: int) -> None:
-        """Put the model in stage `index`'s settings through its `set_<name>(value)` methods."""
+        """Put the model in stage `index`'s settings (`set_<name>(value)`) and freeze what the stage does not train."""
         self._set(model, index, self.settings(index))
+        globs = self.stages[index].trainable
+        for names, p in _parameters_by_tensor(model):
+            p.requires_grad_(globs is None or any(fnmatch.fnmatchcase(n, g) for n in names for g in globs))
+
+    def apply_optimizer_options(self, optimizer: Optimizer, index: int) -> None:
+        """Set the stage's optimizer options on every param group; weight_decay only on the groups that decay."""
+        for key, value in self.optimizer_options(index).items():
+            for group in optimizer.param_groups:
+                if key == "weight_decay":
+                    if group.get("decay", True):
+                        group["base_weight_decay"] = group["weight_decay"] = value
+                elif key in group:
+                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
 
     @staticmethod
     def _set(model: torch.nn.Module, index: int, settings: dict[str, Any]) -> None:
@@ -132,6 +190,17 @@ class StagePlan:
         if not self.explicit:
             return {}
         return {"stage": index, "stage_name": self.stages[index].name}
+
+
+def _parameters_by_tensor(model: torch.nn.Module) -> Iterator[tuple[list[str], torch.nn.Parameter]]:
+    """Each parameter once, with every name it has (a tied lm_head.weight is also wte.weight)."""
+    names: dict[int, list[str]] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+        params[id(p)] = p
+    for key, p in params.items():
+        yield names[key], p
 
 
 def evaluate_parts(evaluate: Callable[[Batches], dict[str, float]], parts: list[tuple[str | None, Batches]]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from lmforge.data.supervised import LabelVocab, setup_label_vocab, train_documen
 from lmforge.evaluation import evaluate_lm
 from lmforge.models import build_model
 from lmforge.objectives import StepContext
+from lmforge.protocols import Objective
 from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
@@ -36,7 +37,6 @@ from lmforge.training.init_from import init_weights_from
 from lmforge.training.metrics import MetricsLogger
 from lmforge.training.optim import build_optimizer
 from lmforge.training.samples import write_samples
-from lmforge.training.schedules import build_schedule
 from lmforge.training.stages import StagePlan, evaluate_parts
 from lmforge.training.state import load_model_state, rng_state, seed_everything, set_rng_state
 
@@ -83,17 +83,14 @@ class Trainer:
         self.tokenizer = self._setup_tokenizer()
         self.labels = self._setup_labels()
         self.model = self._setup_model()
-        self.stages.check_settings(self.model)
-        self.stages.apply(self.model, self.stage_index)
-        self.objective = OBJECTIVES.get(preset.objective.name)(preset.objective)
-        bind = getattr(self.objective, "bind", None)
-        if bind is not None:  # before the optimizer: modules an objective attaches (a head) are trained and checkpointed
-            bind(self.model, self)
+        self.objectives = self._setup_objectives()
+        self.objective = self.objectives[self.stage_index]
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
-
-        self.lr_multiplier = build_schedule(tc.lr_schedule, self.total_steps)
+        self.stages.check(self.model, self.optimizer)
+        self.stages.apply(self.model, self.stage_index)
+        self.stages.apply_optimizer_options(self.optimizer, self.stage_index)
 
         self.train_data = self._stage_pipeline(self.stage_index)
         self.val_parts = [
@@ -112,7 +109,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
-        self.flops_per_token = self.model.flops_per_token(self.seq_length) if hasattr(self.model, "flops_per_token") else None
+        self.flops_per_token = self.model.flops_per_token(self.seq_length)
         self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
 
     def _setup_tokenizer(self):
@@ -138,12 +135,24 @@ class Trainer:
             seq_length=self.seq_length, rank=rt.rank, world_size=rt.world_size, labels=self.labels,
         )
 
+    def _setup_objectives(self) -> list[Objective]:
+        """One objective per stage: the run's, or the stage's own (built here, so a head it attaches is in the optimizer
+        and the checkpoints; used from the stage's first step, with fresh state)."""
+        run_objective = OBJECTIVES.get(self.preset.objective.name)(self.preset.objective)
+        objectives = [run_objective if s.objective is None else OBJECTIVES.get(s.objective.name)(s.objective) for s in self.stages.stages]
+        for objective in {id(o): o for o in objectives}.values():
+            objective.bind(self.model, self)
+        return objectives
+
     def _enter_stage(self, index: int) -> None:
-        """At a stage boundary (or resuming into a later stage): the stage's data from its start, its model settings."""
+        """At a stage boundary (or resuming into a later stage): the stage's data from its start, its objective,
+        model settings, trainable parameters and optimizer options."""
         self.train_data.close()
         self.stage_index = index
         self.train_data = self._stage_pipeline(index)
+        self.objective = self.objectives[index]
         self.stages.apply(self.model, index)
+        self.stages.apply_optimizer_options(self.optimizer, index)
         if self.runtime.is_main and self.stages.explicit:
             print(f"stage {index} ({self.stages.stages[index].name}) from step {self.step + 1}", file=sys.stderr)
 
@@ -186,7 +195,7 @@ class Trainer:
     def _component_states(self) -> dict[str, Any]:
         return {
             "grad_filters": [f.state_dict() for f in self.grad_filters],
-            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
+            "objective": self.objective.state_dict(),
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
 
@@ -252,8 +261,6 @@ class Trainer:
         self.best_val_loss = st["best_val_loss"]
         for f, s in zip(self.grad_filters, st["grad_filters"]):
             f.load_state_dict(s)
-        if st.get("objective") is not None:
-            self.objective.load_state_dict(st["objective"])
         if self.early_stopping and st.get("early_stopping"):
             self.early_stopping.load_state_dict(st["early_stopping"])
         mine = st["ranks"][self.runtime.rank]
@@ -262,6 +269,8 @@ class Trainer:
             raise PresetError(f"checkpoint {ckpt.slot} is in stage {stage}, but the preset has {len(self.stages)} stage(s)")
         if stage != self.stage_index:
             self._enter_stage(stage)
+        if st.get("objective") is not None:  # the state of the stage's objective
+            self.objective.load_state_dict(st["objective"])
         self.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])
         self.metrics.truncate_after(self.step)
@@ -310,7 +319,9 @@ class Trainer:
         """One optimizer step over `grad_accum_steps` micro-batches; returns detached loss and metrics."""
         rt, tc = self.runtime, self.preset.train
         accum = tc.grad_accum_steps
-        ctx = StepContext(self.step, self.total_steps)
+        stage = self.stages.stages[self.stage_index]
+        own = stage.objective is not None  # a stage's own objective counts its steps from the stage's start
+        ctx = StepContext(self.step - stage.start_step, stage.steps) if own else StepContext(self.step, self.total_steps)
         total_loss = torch.zeros((), device=rt.device)
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
@@ -339,9 +350,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """The objective's own `evaluate(model, val_batches, runtime)` when it has one (it must report val_loss), else LM metrics."""
-        own = getattr(self.objective, "evaluate", None)
+        own = self.objective.evaluate(self.model, self.val_batches, self.runtime)
         if own is not None:
-            return own(self.model, self.val_batches, self.runtime)
+            return own
         tok = self.tokenizer
         token_bytes, token_chars = tok.token_byte_lengths(), tok.token_char_lengths()
         return evaluate_parts(lambda batches: evaluate_lm(self.model, batches, self.runtime, token_bytes, token_chars), self.val_parts)
@@ -366,12 +377,13 @@ class Trainer:
                 if stage != self.stage_index:
                     self._enter_stage(stage)
                     data_iter = iter(self.train_data)
-                lr = tc.lr * self.lr_multiplier(self.step)
-                wd_multiplier = getattr(self.lr_multiplier, "weight_decay_multiplier", None)
+                    if rt.distributed:  # DDP fixes the trained parameters when it wraps: wrap again after `trainable` changed
+                        model = self.wrapped_model()
+                schedule, at, stage_lr = self.stages.schedule_at(self.step)
+                lr = tc.lr * stage_lr * schedule(at)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                    if wd_multiplier is not None:
-                        group["weight_decay"] = group["base_weight_decay"] * wd_multiplier(self.step)
+                    group["lr"] = lr * group["lr_scale"]
+                    group["weight_decay"] = group["base_weight_decay"] * schedule.weight_decay_multiplier(at)
                 t0 = time.perf_counter()
                 loss, metrics, grad_norm = self.train_step(model, data_iter)
                 self.step += 1
@@ -443,9 +455,8 @@ class Trainer:
         }
         if grad_norm is not None:
             row["grad_norm"] = grad_norm.item()
-        describe = getattr(self.lr_multiplier, "describe", None)
-        if describe is not None:
-            row.update(describe(self.step - 1))  # the step just taken
+        schedule, at, _ = self.stages.schedule_at(self.step - 1)  # the step just taken
+        row.update(schedule.describe(at))
         row.update(self.stages.describe(self.stage_index))
         if self.flops_per_token and self.peak_flops:
             per_device = tokens_per_sec / self.runtime.world_size

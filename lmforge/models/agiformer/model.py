@@ -196,11 +196,3 @@ class Agiformer(nn.Module):
         decoder = count(self.decoder) - (self.encoder.embed.weight.numel() if c.local_decoder == "autoregressive" else 0)
         per_byte = 6 * (decoder + count(self.lm_head) + count(self.norm_out))
         return float(per_patch / c.patch_size + per_byte)
-
-    def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices (dim >= 2), never biases, gains or the start latent."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]

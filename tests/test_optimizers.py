@@ -1,0 +1,133 @@
+"""train.optimizer: adamw (default), adam (coupled L2), sgd, muon (torch.optim.Muon + AdamW), checked against torch's own."""
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_preset
+from lmforge.config import PresetError, load_preset
+from lmforge.models import GPTConfig, build_model
+from lmforge.registry import OPTIMIZERS
+from lmforge.runtime import setup_runtime
+from lmforge.training.metrics import read_metrics
+from lmforge.training.optim import OptimizerChain, build_optimizer, decay_groups, muon_eligible
+from lmforge.training.trainer import train
+
+
+def _model(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True, tie_embeddings=False)
+    return build_model(GPTConfig(**(cfg | kw)))
+
+
+def _train_cfg(optimizer: dict, **kw):
+    raw = tiny_preset("unused.txt", **kw)["train"] | {"optimizer": optimizer}
+    return load_preset(tiny_preset("unused.txt") | {"train": raw}).train
+
+
+def _step(model: torch.nn.Module, opt) -> None:
+    x = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(1))
+    loss = model(x).logits.float().pow(2).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_adamw_default_is_fused_adamw_with_nanogpt_decay():
+    model = _model()
+    ref = copy.deepcopy(model)
+    cfg = _train_cfg({"name": "adamw"}, weight_decay=0.1, lr=1e-2)
+    assert load_preset(tiny_preset("unused.txt")).train.optimizer.name == "adamw"  # the default
+    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
+    torch_opt = torch.optim.AdamW(decay_groups(list(ref.parameters()), 0.1), lr=1e-2, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+    for _ in range(3):
+        _step(model, opt)
+        _step(ref, torch_opt)
+    assert _same_params(model, ref)
+
+
+def test_adam_is_coupled_l2_on_every_parameter_like_the_grokfast_code():
+    model = _model()
+    ref = copy.deepcopy(model)
+    cfg = _train_cfg({"name": "adam", "fused": False}, weight_decay=0.005, lr=1e-3, beta2=0.98)
+    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
+    torch_opt = torch.optim.Adam(ref.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.005)
+    for _ in range(3):
+        _step(model, opt)
+        _step(ref, torch_opt)
+    assert _same_params(model, ref)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.005
+
+
+def test_sgd_matches_torch_sgd():
+    model = _model()
+    ref = copy.deepcopy(model)
+    cfg = _train_cfg({"name": "sgd", "momentum": 0.9, "nesterov": True}, weight_decay=0.0, lr=0.1)
+    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
+    torch_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    for _ in range(3):
+        _step(model, opt)
+        _step(ref, torch_opt)
+    assert _same_params(model, ref)
+
+
+def test_muon_takes_hidden_matrices_and_adamw_the_rest():
+    model = _model()
+    hidden = muon_eligible(model)
+    names = {n for n, p in model.named_parameters() if id(p) in hidden}
+    assert names and all(n.startswith("blocks.") and n.endswith(".weight") for n in names)
+    assert not {"wte.weight", "wpe.weight", "lm_head.weight"} & names
+    assert all(p.dim() == 2 for p in model.parameters() if id(p) in hidden)
+    tied = _model(tie_embeddings=True)
+    assert id(tied.lm_head.weight) not in muon_eligible(tied)
+
+    cfg = _train_cfg({"name": "muon"}, weight_decay=0.1, lr=1e-2)
+    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
+    assert isinstance(opt, OptimizerChain)
+    muon, rest = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(rest, torch.optim.AdamW)
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == hidden
+
+    ref = copy.deepcopy(model)  # torch's Muon and AdamW built by hand over the same split give the same weights
+    ref_hidden = [q for p, q in zip(model.parameters(), ref.parameters()) if id(p) in hidden]
+    ref_rest = [q for p, q in zip(model.parameters(), ref.parameters()) if id(p) not in hidden]
+    ref_opts = [torch.optim.Muon(ref_hidden, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW(decay_groups(ref_rest, 0.1), lr=1e-2, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)]
+    for _ in range(2):
+        _step(model, opt)
+        x = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(1))
+        ref(x).logits.float().pow(2).mean().backward()
+        for o in ref_opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    assert _same_params(model, ref)
+    state = opt.state_dict()
+    assert len(state["chain"]) == 2 and any("momentum_buffer" in s for s in state["chain"][0]["state"].values())
+
+
+def test_muon_trains_a_gpt_preset_and_resumes_exactly(tmp_path, small_text):
+    preset = tiny_preset(small_text, max_steps=8, save_interval=4, eval_interval=100, optimizer={"name": "muon"},
+                         lr_schedule={"name": "constant", "warmup_steps": 2})  # the same LR at steps 1-4 in a 4- and an 8-step run
+    preset["model"]["dropout"] = 0.0
+    reference = train(load_preset(preset), tmp_path / "ref")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "ref") if "loss" in r]
+    assert reference.steps == 8 and losses[-1] < losses[0]
+    half = preset | {"train": preset["train"] | {"max_steps": 4}}
+    train(load_preset(half), tmp_path / "resumed")
+    result = train(load_preset(preset), tmp_path / "resumed")
+    assert result.resumed_from == 4
+    again = [r["loss"] for r in read_metrics(tmp_path / "resumed") if "loss" in r]
+    assert again == losses  # Muon's momentum and AdamW's moments came back from the checkpoint
+
+
+def test_unknown_optimizer_lists_the_names(small_text):
+    with pytest.raises(PresetError, match=r"train\.optimizer\.name: unknown optimizer 'mun'; allowed: adam, adamw, muon, sgd"):
+        load_preset(tiny_preset(small_text, optimizer={"name": "mun"}))
+    with pytest.raises(PresetError, match=r"train\.optimizer\.momentum"):
+        load_preset(tiny_preset(small_text, optimizer={"name": "sgd", "momentum": 1.5}))
+    assert set(OPTIMIZERS.names()) == {"adam", "adamw", "muon", "sgd"}
