@@ -6,7 +6,8 @@ each MQAR token is written as 4 copies of its byte, so one token is one agiforme
 label sits on the last byte of the query patch (it predicts the first byte of the next patch). Each
 model trains once on sequences of TRAIN_LEN tokens with 4, 8 or 16 pairs (one count per batch, fresh
 batches every step), then is scored per query (argmax of the one answer position; chance 1/128) on
-fixed held-out batches at several (tokens, pairs) settings, including twice the trained length.
+fixed held-out batches at several (tokens, pairs) settings, including twice the trained length. Both tasks train through lmforge's Trainer on
+the `mqar` and `needle` sources (data.task labeled), with the optimizer settings of `train_model`.
 agiformer's attention window is 8 patches, so a pair more than 8 tokens before its query can only be
 recalled through the Hebbian memory; gpt attends to everything.
 
@@ -26,6 +27,7 @@ import argparse
 import json
 import platform
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,11 +35,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lmforge.config import load_preset
 from lmforge.data.tokenizers import ByteTokenizer
-from lmforge.evaluation.mqar import MQARSetting, accuracy, expand_tokens, fit, mqar_batch
+from lmforge.evaluation.mqar import MQARSetting, accuracy, expand_tokens, mqar_batch
 from lmforge.evaluation.needle import lmforge_completer, run_needle
 from lmforge.evaluation.needle_task import needle_batch
-from lmforge.models import AgiformerConfig, GPTConfig, build_model
+from lmforge.models import AgiformerConfig, GPTConfig
+from lmforge.training.metrics import read_metrics
+from lmforge.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO.parent / "shared" / "data" / "stories.txt"
@@ -53,6 +58,7 @@ MODELS: dict[str, Callable[[], object]] = {
 TRAIN_LEN, TRAIN_KV = 64, (4, 8, 16)
 EVAL_SETTINGS = [(64, 4), (64, 8), (64, 16), (128, 8), (128, 16), (128, 32)]
 NEEDLE_TRAIN_LENGTHS = (32, 64, 128, 192)  # short haystacks: more steps fit, and the format is learned sooner
+NEEDLE_SEQ = 320  # bytes per training row: the longest prompt (192 + needle + question) and the answer fit
 NEEDLE_LENGTHS, NEEDLE_DEPTHS, NEEDLE_TRIALS = [64, 128, 256], [0.0, 0.5, 1.0], 12
 
 
@@ -60,17 +66,30 @@ def bf16() -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def mqar(name: str, steps: int, batch: int, lr: float, seed: int) -> list[dict]:
-    torch.manual_seed(seed)
-    model = build_model(MODELS[name]())
-    rng = np.random.default_rng(seed)
+def train_model(name: str, source: dict, seq_length: int, steps: int, batch: int, lr: float, warmup: int, seed: int, run_dir: Path):
+    """Train `name` on one task source with lmforge's Trainer (AdamW, betas (0.9, 0.98), weight decay 0.1, warm-up +
+    cosine to 0.1x, clip 1.0, bf16 autocast); returns the trainer (its model is the trained one) and the result."""
+    preset = {
+        "name": f"recall_{name}", "model": MODELS[name]().model_dump(),
+        "data": {"sources": [source], "task": "labeled", "tokenizer": {"type": "byte"}, "seq_length": seq_length, "shuffle_buffer": 0},
+        "train": {"batch_size": batch, "max_steps": steps, "lr": lr, "beta2": 0.98, "weight_decay": 0.1, "grad_clip": 1.0,
+                  "lr_schedule": {"name": "warmup_cosine", "warmup_steps": warmup, "min_lr_ratio": 0.1}, "precision": "bf16",
+                  "seed": seed, "eval_interval": steps, "eval_batches": 4, "save_interval": steps, "log_interval": 20,
+                  "progress_bar": False, "legacy_weights_file": None},
+        "samples": {"prompts": ["\n"], "max_new_tokens": 1},
+    }
+    trainer = Trainer(load_preset(preset), run_dir)
+    result = trainer.fit()
+    losses = [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+    return trainer, {"steps": result.steps, "seconds": result.elapsed, "final_loss": float(np.mean(losses[-5:]))}
 
-    def make() -> tuple[torch.Tensor, torch.Tensor]:
-        s = MQARSetting(seq_len=TRAIN_LEN, num_kv_pairs=int(rng.choice(TRAIN_KV)))
-        return expand_tokens(*mqar_batch(s, batch, rng), PATCH)
 
-    print(f"--- mqar {name}: {model.num_params():,} params, {steps} steps", flush=True)
-    run = fit(model, make, steps, lr=lr, warmup=100, autocast=bf16)
+def mqar(name: str, steps: int, batch: int, lr: float, seed: int, run_dir: Path) -> list[dict]:
+    source = {"type": "mqar", "seq_len": TRAIN_LEN, "num_kv_pairs": list(TRAIN_KV), "vocab_size": 256, "patch_size": PATCH,
+              "train_samples": steps * batch, "val_samples": 64}
+    print(f"--- mqar {name}: {steps} steps", flush=True)
+    trainer, run = train_model(name, source, TRAIN_LEN * PATCH, steps, batch, lr, 100, seed, run_dir)
+    model = trainer.model
     print(f"    {run['steps']} steps in {run['seconds']:.0f} s, final loss {run['final_loss']:.3f}", flush=True)
     rows = []
     for seq_len, kv in EVAL_SETTINGS:
@@ -87,20 +106,15 @@ def mqar(name: str, steps: int, batch: int, lr: float, seed: int) -> list[dict]:
     return rows
 
 
-def needle(name: str, steps: int, batch: int, lr: float, seed: int) -> list[dict]:
+def needle(name: str, steps: int, batch: int, lr: float, seed: int, run_dir: Path) -> list[dict]:
     text = STORIES.read_text()
-    cut = int(0.9 * len(text))
-    train_filler, eval_filler = text[:cut], text[cut:]
+    eval_filler = text[int(0.9 * len(text)):]  # the needle source's val split: its filler is this same tail
     tok = ByteTokenizer()
-    torch.manual_seed(seed)
-    model = build_model(MODELS[name]())
-    rng = random.Random(seed)
-
-    def make() -> tuple[torch.Tensor, torch.Tensor]:
-        return needle_batch(train_filler, batch, rng.choice(NEEDLE_TRAIN_LENGTHS), rng, tok.encode)
-
-    print(f"--- needle {name}: {model.num_params():,} params, {steps} steps", flush=True)
-    run = fit(model, make, steps, lr=lr, warmup=50, autocast=bf16)
+    source = {"type": "needle", "path": str(STORIES), "haystack_chars": list(NEEDLE_TRAIN_LENGTHS), "val_fraction": 0.1,
+              "train_samples": steps * batch, "val_samples": 64}
+    print(f"--- needle {name}: {steps} steps", flush=True)
+    trainer, run = train_model(name, source, NEEDLE_SEQ, steps, batch, lr, 50, seed, run_dir)
+    model = trainer.model
     print(f"    {run['steps']} steps in {run['seconds']:.0f} s, final answer loss {run['final_loss']:.3f}", flush=True)
     model.eval()
     t0 = time.perf_counter()
@@ -148,11 +162,12 @@ def main() -> None:
     earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
     settings = earlier.get("settings", {})  # a partial rerun (--tasks needle) keeps the other task's rows
     keep = [r for r in earlier.get("rows", []) if r["task"].split()[0] not in tasks]
-    for name in MODELS:
-        if "mqar" in tasks:
-            rows += mqar(name, args.mqar_steps, args.batch, lrs[name], args.seed)
-        if "needle" in tasks:
-            rows += needle(name, args.needle_steps, args.batch, lrs[name], args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in MODELS:
+            if "mqar" in tasks:
+                rows += mqar(name, args.mqar_steps, args.batch, lrs[name], args.seed, Path(tmp) / f"mqar_{name}")
+            if "needle" in tasks:
+                rows += needle(name, args.needle_steps, args.batch, lrs[name], args.seed, Path(tmp) / f"needle_{name}")
     if "mqar" in tasks:
         settings["mqar"] = {"train_len_tokens": TRAIN_LEN, "train_kv": list(TRAIN_KV), "patch_bytes_per_token": PATCH,
                             "steps": args.mqar_steps, "lr": lrs, "batch": args.batch, "seed": args.seed}

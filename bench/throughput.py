@@ -1,8 +1,9 @@
 """Training throughput: tokens/s and MFU of the `gpt` model across sizes, fp32 vs bf16, eager vs compiled.
 
-Each cell times full optimizer steps (forward, backward, clip, fused AdamW) on
-real text (tiny shakespeare bytes, random windows), after warm-up steps, and
-reports the median step time. MFU = FLOPs/token x tokens/s / peak, where the
+Each cell times `Trainer.train_step` (forward, backward, clip, fused AdamW, and the
+next batch from the run's DataPipeline over tiny shakespeare bytes) of a Trainer
+built from a preset of that size, after warm-up steps, and reports the median
+step time, so the figures are the trainer's own. MFU = FLOPs/token x tokens/s / peak, where the
 peak is a square-matmul probe in the same dtype on this machine (torchtitan and
 nanochat use a data-sheet peak; CPUs have none, so we measure it).
 
@@ -14,14 +15,15 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from lmforge.models import GPTConfig, build_model
-from lmforge.objectives.clm import next_token_cross_entropy
+from lmforge.config import load_preset
 from lmforge.runtime import measure_matmul_peak_flops, setup_runtime
+from lmforge.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -35,40 +37,41 @@ SIZES = {
 }
 
 
-def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: int, tokens: torch.Tensor) -> dict:
+def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: int, run_dir: Path) -> dict:
+    """Median time of `Trainer.train_step` (forward, backward, clip, fused AdamW, and the next batch from the
+    run's DataPipeline) after `warmup` steps, on a preset built for this size."""
     n_layer, n_head, n_embd, block, batch = SIZES[size]
-    rt = setup_runtime("cpu" if not torch.cuda.is_available() else "auto", precision)
-    torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block, vocab_size=256)
-    model = build_model(cfg).to(rt.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step_model = torch.compile(model) if compiled else model
-    gen = torch.Generator().manual_seed(0)
+    preset = {
+        "name": f"throughput_{size}",
+        "model": {"arch": "gpt", "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block},
+        "data": {"sources": [{"type": "text", "path": str(DATA)}], "tokenizer": {"type": "byte"}, "validation": {"method": "tail", "fraction": 0.1}},
+        "train": {"batch_size": batch, "max_steps": warmup + steps, "lr": 1e-4, "precision": precision, "compile": compiled,
+                  "device": "auto", "eval_batches": 1, "progress_bar": False, "legacy_weights_file": None, "seed": 0},
+    }
+    trainer = Trainer(load_preset(preset), run_dir)
+    rt = trainer.runtime
+    model = trainer.wrapped_model()
+    model.train()
+    data = iter(trainer.train_data)
     times = []
     t_compile = time.perf_counter()
     for i in range(warmup + steps):
-        idx = torch.randint(0, len(tokens) - block - 1, (batch,), generator=gen)
-        x = torch.stack([tokens[j:j + block] for j in idx]).to(rt.device)
-        y = torch.stack([tokens[j + 1:j + block + 1] for j in idx]).to(rt.device)
         rt.synchronize()
         t0 = time.perf_counter()
-        with rt.autocast():
-            loss = next_token_cross_entropy(step_model(x).logits, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss, _, _ = trainer.train_step(model, data)
+        loss.item()  # what the loop's logging costs at every step
         rt.synchronize()
         if i == warmup - 1:
             t_compile = time.perf_counter() - t_compile
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    trainer.train_data.close()
     step_time = statistics.median(times)
     tok_s = batch * block / step_time
-    flops_tok = model.flops_per_token(block)
+    flops_tok = trainer.model.flops_per_token(block)
     return {
         "size": size, "n_layer": n_layer, "n_embd": n_embd, "block_size": block, "batch_size": batch,
-        "params": model.num_params(), "precision": precision, "compiled": compiled,
+        "params": trainer.model.num_params(), "precision": precision, "compiled": compiled,
         "step_ms": step_time * 1e3, "tokens_per_sec": tok_s, "flops_per_token": flops_tok,
         "achieved_tflops": flops_tok * tok_s / 1e12, "warmup_seconds": t_compile,
     }
@@ -82,7 +85,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "throughput.json"))
     args = ap.parse_args()
-    tokens = torch.frombuffer(bytearray(DATA.read_bytes()), dtype=torch.uint8).long()
     peaks = {p: measure_matmul_peak_flops(setup_runtime("cpu" if not torch.cuda.is_available() else "auto", p)) for p in ("fp32", "bf16")}
     rows = []
     for size in args.sizes.split(","):
@@ -90,7 +92,8 @@ def main() -> None:
             if compiled and size not in args.compile_sizes.split(","):
                 continue
             for precision in ("fp32", "bf16"):
-                row = time_config(size, precision, compiled, args.steps, args.warmup + (3 if compiled else 0), tokens)
+                with tempfile.TemporaryDirectory() as run_dir:
+                    row = time_config(size, precision, compiled, args.steps, args.warmup + (3 if compiled else 0), Path(run_dir))
                 row["mfu"] = row["achieved_tflops"] * 1e12 / peaks[precision]
                 row["mfu_vs_bf16_peak"] = row["achieved_tflops"] * 1e12 / peaks["bf16"]
                 rows.append(row)

@@ -74,7 +74,7 @@ def test_config_validates_sources_with_their_registered_class(tmp_path):
 
     with pytest.raises(ValidationError) as err:
         data_config([{"type": "txt", "path": "a.txt"}])
-    assert "unknown source type 'txt'; allowed: auto, binary, hdf5, hf, json_samples, jsonl, pdf, pickle, python_stdlib, text" in str(err.value)
+    assert "unknown source type 'txt'; allowed: auto, binary, hdf5, hf, json_samples, jsonl, modular_arithmetic, mqar, needle, pdf, pickle, python_stdlib, text" in str(err.value)
     with pytest.raises(ValidationError) as err:
         data_config([{"type": "text", "path": "a.txt", "chunk_size": 5}])
     assert err.value.errors()[0]["loc"] == ("sources", 0, "chunk_size") and "allowed: chunk_chars, name, path, shuffle, type" in str(err.value)

@@ -18,8 +18,8 @@ from lmforge.registry import SOURCES
 class TokenizerConfig(Section):
     """Which tokenizer turns text into ids; char and bpe are built from the data once per run dir."""
 
-    type: Literal["byte", "char", "bpe", "pretrained"] = "byte"
-    vocab_size: int = Field(8192, ge=259, description="bpe only: target vocabulary size (256 bytes + eos + merges)")
+    type: Literal["byte", "char", "bpe", "pretrained", "ids"] = "byte"
+    vocab_size: int = Field(8192, ge=2, description="bpe: target vocabulary size (256 bytes + eos + merges, >= 259); ids: the task's ids")
     path: str | None = Field(
         None, description="char: vocab.json, loaded if it exists, else built from the data and written there; pretrained: tokenizer.json"
     )
@@ -29,8 +29,12 @@ class TokenizerConfig(Section):
     def _path_fits_type(self) -> "TokenizerConfig":
         if self.type == "pretrained" and not self.path:
             raise ValueError("tokenizer.type 'pretrained' needs tokenizer.path (a tokenizer.json file)")
-        if self.type in ("byte", "bpe") and self.path:
+        if self.type in ("byte", "bpe", "ids") and self.path:
             raise ValueError(f"tokenizer.path is only used by 'char' and 'pretrained', not {self.type!r}")
+        if self.type == "bpe" and self.vocab_size < 259:
+            raise ValueError(f"tokenizer.vocab_size: bpe needs at least 259 (256 bytes, eos, a merge), got {self.vocab_size}")
+        if self.type == "ids" and "vocab_size" not in self.model_fields_set:
+            raise ValueError("tokenizer.type 'ids' (token ids of an algorithmic task) needs tokenizer.vocab_size")
         return self
 
 
@@ -66,9 +70,10 @@ class DataConfig(Section):
         None, description="reweight sources by their recent training loss (higher loss -> drawn more); every mix mode then "
         "draws by weight, see data/adaptive.py; None = off"
     )
-    task: Literal["lm", "classification", "seq2seq"] = Field(
+    task: Literal["lm", "classification", "seq2seq", "labeled"] = Field(
         "lm", description="lm: pack documents into blocks; classification: one sample per row, its target a class id "
-        "(class_labels); seq2seq: input then target in one row, loss on the target tokens only (see data/supervised.py)"
+        "(class_labels); seq2seq: input then target in one row, loss on the target tokens only; labeled: one sample per "
+        "row with its own per-token labels (the algorithmic task sources) (see data/supervised.py)"
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
@@ -99,7 +104,26 @@ class DataConfig(Section):
             raise ValueError("data.source_weights is only used with data.mix 'weighted'")
         if self.validation.method == "none" and self.val_sources is None:
             raise ValueError("data.validation.method 'none' puts every document in both splits; it is only for data.val_sources")
+        self._check_task_sources()
         return self
+
+    def _check_task_sources(self) -> None:
+        """Sources whose documents carry labels (the algorithmic tasks) and data.task 'labeled' go together, and a task's
+        token ids must fit the tokenizer's vocabulary."""
+        specs = [*self.sources, *(self.val_sources or [])]
+        labeled = [getattr(type(s), "requires_task", None) == "labeled" for s in specs]
+        if self.task == "labeled" and not all(labeled):
+            names = ", ".join(s.type for s, lab in zip(specs, labeled) if not lab)
+            raise ValueError(f"data.task 'labeled' needs sources that bring their own labels (modular_arithmetic, mqar, needle); not {names}")
+        if self.task != "labeled" and any(labeled):
+            names = ", ".join(s.type for s, lab in zip(specs, labeled) if lab)
+            raise ValueError(f"source type {names} brings answer-only labels: set data.task 'labeled' (data.task is {self.task!r})")
+        vocab = {"ids": self.tokenizer.vocab_size, "byte": 256}.get(self.tokenizer.type)
+        for s, lab in zip(specs, labeled):
+            needed = s.ids_needed() if lab else None  # TaskSourceConfig.ids_needed: None for text tasks
+            if needed is not None and (vocab is None or needed > vocab):
+                raise ValueError(f"source {s.name!r} uses token ids 0..{needed - 1}: use tokenizer type 'ids' with vocab_size >= {needed}"
+                                 + (f" (tokenizer {self.tokenizer.type!r} has {vocab})" if vocab else f", not {self.tokenizer.type!r}"))
 
     @field_validator("sources", "val_sources")
     @classmethod

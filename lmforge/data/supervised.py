@@ -10,6 +10,9 @@ the reader state and DataLoader workers handle it exactly like a packed LM block
   class_labels (B,), and next-token `labels` over the input so `clm` can share the batch (multitask).
 - seq2seq: `seq_length + 1` tokens of input + target + eos (padding -100), then the prompt length.
   Batch: input_ids, labels with -100 on the input part (loss on the target tokens only), attention_mask.
+- labeled: `seq_length` input ids (padding -100), then `seq_length` labels (-100 = no loss), then 0. The labels
+  come with the document (`tokens` + `labels`, the algorithmic task sources), or from `segments` of text whose
+  trained ones are the targets. Batch: input_ids (padding 0), labels, attention_mask.
 
 The label vocabulary is every distinct train-split target, sorted, saved as `<run_dir>/labels.json` and
 loaded from there on resume and evaluation, so class ids never change under a run.
@@ -26,7 +29,7 @@ import torch
 from lmforge.data.errors import DataError
 from lmforge.data.packer import IGNORE_INDEX, DocumentIter
 
-Task = Literal["lm", "classification", "seq2seq"]
+Task = Literal["lm", "classification", "seq2seq", "labeled"]
 LABELS_FILE = "labels.json"
 
 
@@ -114,7 +117,32 @@ class SupervisedPacker:
             return list(value)
         return self.encode(str(value))
 
+    def labeled_ids(self, doc: dict) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of a labeled document, the labels aligned with the inputs (label t = target after t)."""
+        if "labels" in doc:
+            ids, labels = list(doc["tokens"]), list(doc["labels"])
+            if len(ids) != len(labels):
+                raise DataError(f"a labeled document of source {doc['source']!r} has {len(ids)} tokens but {len(labels)} labels")
+            return ids, labels
+        if "segments" not in doc:
+            raise DataError(f"data.task 'labeled' needs documents with tokens+labels or segments; source {doc['source']!r} gave neither")
+        ids, trained = [], []
+        for segment in doc["segments"]:
+            piece = self._ids(segment["text"])
+            ids += piece
+            trained += [bool(segment["train"])] * len(piece)
+        labels = [ids[t + 1] if trained[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+        return ids[:-1], labels
+
     def row(self, doc: dict) -> np.ndarray:
+        if self.task == "labeled":
+            ids, labels = self.labeled_ids(doc)
+            ids, labels = ids[-self.seq_length:], labels[-self.seq_length:]  # too long: keep the end, where the answers are
+            block = np.full(2 * self.seq_length + 1, IGNORE_INDEX, dtype=np.int64)
+            block[: len(ids)] = ids
+            block[self.seq_length : self.seq_length + len(labels)] = labels
+            block[-1] = 0
+            return np.append(block, doc.get("source_index", 0)) if self.tag_source else block
         if "target" not in doc:
             raise DataError(f"data.task {self.task!r} needs samples with a target; a document of source {doc['source']!r} has none")
         width = self.seq_length + 1
@@ -152,6 +180,16 @@ def collate_supervised(task: Task, rows: list[np.ndarray], tagged: bool = False)
         out["source_ids"] = torch.from_numpy(np.ascontiguousarray(arr[:, -1]))
         arr = arr[:, :-1]
     extra, block = arr[:, -1], arr[:, :-1]
+    if task == "labeled":
+        width = block.shape[1] // 2
+        ids, labels = block[:, :width], block[:, width:]
+        real = ids != IGNORE_INDEX
+        return {
+            "input_ids": torch.from_numpy(np.ascontiguousarray(np.where(real, ids, 0))),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels)),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+            **out,
+        }
     real = block != IGNORE_INDEX
     inputs = np.where(real[:, :-1], block[:, :-1], 0)
     labels = block[:, 1:].copy()

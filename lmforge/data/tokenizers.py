@@ -121,6 +121,45 @@ class ByteTokenizer(Tokenizer):
         return cls()
 
 
+@TOKENIZERS.register("ids")
+class IdsTokenizer(Tokenizer):
+    """The token ids of an algorithmic task (modular_arithmetic, mqar): 0..vocab_size-1, no text behind them.
+
+    Text in and out is the ids written as space-separated integers ("3 97 5 98"), so prompts and samples stay
+    readable; bits per byte are not defined (no bytes), so evaluation reports loss and accuracy only.
+    """
+
+    type = "ids"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.eos_id = None
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            ids = [int(t) for t in text.split()]
+        except ValueError:
+            raise DataError(f"tokenizer 'ids' reads space-separated integers, got {text[:40]!r}") from None
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise DataError(f"tokenizer 'ids': {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}")
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def token_byte_lengths(self) -> torch.Tensor:
+        return torch.zeros(self.vocab_size, dtype=torch.int64)
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, texts: Texts) -> "IdsTokenizer":
+        return cls(cfg.vocab_size)
+
+    @classmethod
+    def load(cls, directory: Path) -> "IdsTokenizer":
+        return cls(int(json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))["vocab_size"]))
+
+
 @TOKENIZERS.register("char")
 class CharTokenizer(Tokenizer):
     """nanoGPT's shakespeare_char scheme: ids are the positions of the data's characters in sorted order.

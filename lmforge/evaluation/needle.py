@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-Completer = Callable[[str, int], str]  # (prompt, max new tokens) -> continuation text
+from lmforge.data.tasks import NEEDLE, QUESTION, build_prompt, make_needle  # noqa: F401  (the task's generators)
 
-QUESTION = "\nWhat is the secret number of {key}? The secret number of {key} is "
-NEEDLE = " The secret number of {key} is {value}. "
+Completer = Callable[[str, int], str]  # (prompt, max new tokens) -> continuation text
 
 
 @dataclass
@@ -36,25 +35,6 @@ class NeedleResult:
 
     def to_dict(self) -> dict:
         return {"lengths": self.lengths, "depths": self.depths, "trials": self.trials, "accuracy": self.accuracy}
-
-
-def make_needle(rng: random.Random) -> tuple[str, str]:
-    """A pronounceable made-up key (not a famous fact) and a 6-digit value."""
-    key = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3)).capitalize()
-    return key, str(rng.randrange(100_000, 1_000_000))
-
-
-def build_prompt(filler: str, length: int, depth: float, key: str, value: str, rng: random.Random) -> str:
-    """`length` characters of filler from a random start, the needle at fraction `depth` of it (cut at a
-    space), then the question."""
-    if len(filler) < length:
-        raise ValueError(f"filler has {len(filler)} characters, fewer than the haystack length {length}")
-    start = rng.randrange(0, len(filler) - length + 1)
-    hay = filler[start : start + length]
-    cut = int(depth * len(hay))
-    space = hay.rfind(" ", 0, cut) if cut < len(hay) else len(hay)
-    cut = space if space > 0 else cut
-    return hay[:cut] + NEEDLE.format(key=key, value=value) + hay[cut:] + QUESTION.format(key=key)
 
 
 def run_needle(

@@ -56,6 +56,10 @@ class GPTConfig(Section):
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding matrix")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of every norm")
     init_std: float = Field(0.02, gt=0, description="std of the normal init (residual projections get /sqrt(2*n_layer))")
+    init: Literal["gpt2", "pytorch"] = Field(
+        "gpt2", description="gpt2: N(0, init_std) (nanoGPT); pytorch: each layer's own default (Embedding N(0, 1), Linear "
+        "Kaiming-uniform), as the Grokfast paper's decoder: the larger weight norm is part of what makes grokking slow"
+    )
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "GPTConfig":
@@ -114,6 +118,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+        if config.init == "pytorch":
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                    module.reset_parameters()
 
     def _make_block(self, i: int) -> Block:
         c = self.config

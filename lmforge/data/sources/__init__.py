@@ -10,9 +10,10 @@ from lmforge.data.sources.pdf import PdfSource, PdfSourceConfig
 from lmforge.data.sources.pickle_source import PickleSource, PickleSourceConfig
 from lmforge.data.sources.python_stdlib import PythonStdlibSource, PythonStdlibSourceConfig
 from lmforge.data.sources.text import TextSource, TextSourceConfig
+from lmforge.data.sources.tasks import MQARSource, ModularArithmeticSource, NeedleSource  # algorithmic tasks (data.task labeled)
 
 __all__ = [
     "AutoSource", "AutoSourceConfig", "BinarySource", "BinarySourceConfig", "Document", "FileSourceConfig", "Hdf5Source", "Hdf5SourceConfig", "HFSource", "HFSourceConfig", "JsonSamplesSource", "JsonSamplesSourceConfig", "JsonlSource", "JsonlSourceConfig",
     "PdfSource", "PdfSourceConfig", "PickleSource", "PickleSourceConfig", "PythonStdlibSource", "PythonStdlibSourceConfig",
-    "Source", "SourceConfig", "TextSource", "TextSourceConfig",
+    "Source", "SourceConfig", "TextSource", "TextSourceConfig", "MQARSource", "ModularArithmeticSource", "NeedleSource",
 ]

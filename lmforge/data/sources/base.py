@@ -41,6 +41,8 @@ class Document(TypedDict):
     target: NotRequired[Any]  # supervised target (json_samples, pickle), kept for input->target objectives
     quality: NotRequired[float]  # the record's metadata.quality, for data.quality_threshold
     source_index: NotRequired[int]  # set by the mixer: which configured source this came from (for data.adaptive)
+    labels: NotRequired[list[int]]  # data.task labeled: the target of each position of `tokens` (-100 = no loss)
+    segments: NotRequired[list[dict]]  # data.task labeled: [{"text", "train"}], encoded in turn; loss on trained ones
 
 
 class SourceConfig(Section):
