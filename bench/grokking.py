@@ -128,9 +128,19 @@ def main() -> None:
     path = out / "grokking.json"
     previous = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
     results = {k: v for k, v in previous.items() if "preset" in v}  # rows of an earlier trainer-based run
+    def save() -> None:  # after every run, so a long bench that is stopped keeps what finished
+        summary = {
+            "task": "x*y mod 97, x in [0,97), y in [1,97); 50% train split", "threshold": THRESHOLD, "precision": args.precision,
+            "paper_steps_to_95": PAPER, "runs": results,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        }
+        path.write_text(json.dumps(summary, indent=1))
+        plot(results, out / "grokking.png")
+
     for name in args.runs.split(","):
         r = run(name, args.max_steps, args.after, args.precision)
         results[name] = r
+        save()
         print(f"{name:18s} steps to 95% val acc: {fmt(r['steps_to_95'], r['cap']):>9}  (ran {r['steps_run']:,}, "
               f"{r['ms_per_step_median']:.1f} ms/step, {r['wall_s']:.0f} s, final val acc {r['final_val_acc']:.3f})", flush=True)
 
@@ -149,13 +159,6 @@ def main() -> None:
         wd = r["overrides"].get("train.weight_decay", 0.005 if name == "grokfast_ema" else 0.0)
         print(f"| {name} | {wd} | {fmt(ours, r['cap'])} | {f'{paper:,}' if paper else '(not reported)'} | {speed} | {paper_speed} |")
 
-    summary = {
-        "task": "x*y mod 97, x in [0,97), y in [1,97); 50% train split", "threshold": THRESHOLD, "precision": args.precision,
-        "paper_steps_to_95": PAPER, "runs": results,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-    }
-    path.write_text(json.dumps(summary, indent=1))
-    plot(results, out / "grokking.png")
     print(f"wrote {path} and grokking.png")
 
 
