@@ -16,10 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+import lmforge.components  # noqa: F401  (fills the registries the preset is validated against)
 from lmforge.config_base import Section
 from lmforge.data.config import DataConfig
 from lmforge.errors import PresetError  # noqa: F401  (re-exported: lmforge.config.PresetError)
 from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Registry
+from lmforge.run_point import at_step
 
 CONFIG_DIR_NAME = "configs"
 DEFAULT_PRESET = "quickstart_cpu"  # what `python main.py` trains when Enter is pressed or there is no terminal
@@ -157,9 +159,9 @@ def resolve_stage_ends(stages: list[StageConfig], total_steps: int) -> list[int]
     for i, stage in enumerate(stages):
         last = i == len(stages) - 1
         if stage.until_step is not None:
-            end, field = stage.until_step, "until_step"
+            end, field = at_step(stage.until_step, total_steps), "until_step"
         elif stage.until_fraction is not None:
-            end, field = round(stage.until_fraction * total_steps), "until_fraction"
+            end, field = at_step(float(stage.until_fraction), total_steps), "until_fraction"
         else:
             end, field = total_steps, None
         where = f"stages.{i}.{field}" if field else f"stages.{i}"
@@ -282,8 +284,6 @@ def _validate_component(registry: Registry, key: str, spec: Any, path: tuple, pr
 
 def validate_preset(raw: dict[str, Any]) -> Preset:
     """Validate a preset dict; raise PresetError naming every bad field and what is allowed."""
-    import lmforge.components  # noqa: F401  (fills the registries)
-
     if not isinstance(raw, dict):
         raise PresetError("(preset): must be a JSON/YAML object with sections model, data, train")
     problems: list[str] = []

@@ -9,9 +9,7 @@ import torch
 
 from lmforge.config import Preset, validate_preset
 from lmforge.data import load_tokenizer
-from lmforge.models import build_model
-from lmforge.objectives.heads import restore_heads
-from lmforge.registry import LAYER_SWAPS
+from lmforge.assembly import build_run_model
 from lmforge.training.checkpoint import CheckpointError, CheckpointManager
 from lmforge.training.state import load_model_state
 
@@ -33,14 +31,11 @@ def load_run(run_dir: Path | str, slot: str | None = None, device: str | torch.d
         raise CheckpointError(f"{run_dir} is not a run directory (no preset.json)")
     preset = validate_preset(json.loads(preset_path.read_text()))
     tokenizer = load_tokenizer(run_dir)
-    model = build_model(preset.model)
-    for swap in preset.layer_swaps:
-        model = LAYER_SWAPS.get(swap.name)(model, swap)
     manager = CheckpointManager(run_dir / "checkpoints")
     ckpt = manager.load(slot) if slot else manager.load_latest()
     if ckpt is None:
         raise CheckpointError(f"no loadable checkpoint in {run_dir / 'checkpoints'}")
-    restore_heads(model, ckpt.model_state)  # e.g. classification_head, attached by its objective in training
+    model = build_run_model(preset, ckpt.model_state)  # with the heads an objective attached in training
     load_model_state(model, ckpt.model_state)
     model.to(device).eval()
     return LoadedRun(preset, model, tokenizer, ckpt.slot, int(ckpt.meta["step"]))

@@ -257,7 +257,8 @@ class TrainingPipeline:
     def _setup(self) -> None:
         from lmforge.config import load_preset
         from lmforge.data import build_tokenizer, iter_texts
-        from lmforge.data.supervised import setup_label_vocab, train_documents
+        from lmforge.data.stream import train_documents
+        from lmforge.data.supervised import setup_label_vocab
         from lmforge.training import run_dir as run_dir_lib
         from lmforge.training.trainer import Trainer
 

@@ -41,13 +41,26 @@ class LanguageModel(Protocol):
         ...
 
 
+class RunContext(Protocol):
+    """What an objective's `bind` may read of the run it joins (the Trainer is one)."""
+
+    runtime: Any  # lmforge.runtime.Runtime
+    tokenizer: Any
+    seq_length: int
+    labels: Any  # the label vocabulary of data.task classification, else None
+
+    def load_run(self, run_dir: str, slot: str | None = None) -> Any:
+        """A finished run (preset, model, tokenizer) on this run's device: a distillation teacher, say."""
+        ...
+
+
 class Objective:
     """`objective(model, batch, ctx) -> (loss, metrics)`; the other methods are optional hooks with no-op defaults."""
 
     def __call__(self, model: nn.Module, batch: Batch, ctx: StepContextLike) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def bind(self, model: nn.Module, trainer: Any) -> None:
+    def bind(self, model: nn.Module, run: RunContext) -> None:
         """Called once before the optimizer is built: attach heads (they are then trained and checkpointed)."""
 
     def evaluate(self, model: nn.Module, batches: list[Batch], runtime: Any) -> dict[str, float] | None:

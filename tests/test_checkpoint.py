@@ -1,4 +1,5 @@
 """Rolling checkpoints: rotation, verification, fallback, and kills at every point of a save."""
+import json
 import os
 from pathlib import Path
 
@@ -130,3 +131,22 @@ def test_unique_state_dict_stores_tied_weights_once():
     assert torch.equal(fresh["head"].weight, emb.weight)
     with pytest.raises(RuntimeError, match="lacks"):
         load_model_state(torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 4), "head": torch.nn.Linear(4, 10, bias=False)}), sd)
+
+
+def test_slots_keep_their_preset_and_a_contradicting_resume_is_refused(tmp_path, small_text):
+    from conftest import tiny_preset
+    from lmforge.config import PresetError, load_preset
+    from lmforge.training.trainer import train
+
+    preset = tiny_preset(small_text, max_steps=6, save_interval=3, eval_interval=100)
+    train(load_preset(preset), tmp_path / "run")
+    meta = CheckpointManager(tmp_path / "run" / "checkpoints").load_latest().meta
+    assert meta["run_preset"]["model"]["n_layer"] == 2 and meta["run_preset"]["model"]["vocab_size"] > 0
+    changed = json.loads(json.dumps(preset))
+    changed["model"]["n_layer"], changed["train"]["batch_size"] = 3, 8
+    with pytest.raises(PresetError, match=r"(?s)holds checkpoints \(lm_current\) of a different run:\n"
+                       r"  model\.n_layer: 2 in the checkpoint, 3 now\n  train\.batch_size: 4 in the checkpoint, 8 now\n.*--run-dir"):
+        train(load_preset(changed), tmp_path / "run")
+    longer = json.loads(json.dumps(preset))
+    longer["train"]["max_steps"], longer["train"]["lr"] = 9, 1e-3  # steering what comes next is fine
+    assert train(load_preset(longer), tmp_path / "run").resumed_from == 6

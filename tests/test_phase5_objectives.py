@@ -9,7 +9,8 @@ from conftest import tiny_preset
 from helpers.phase5_data import write_corpus_classification, write_definitions_seq2seq
 from lmforge.config import PresetError, load_preset
 from lmforge.data import DataConfig, DataPipeline, build_val_batches
-from lmforge.data.supervised import LabelVocab, build_label_vocab, train_documents
+from lmforge.data.stream import train_documents
+from lmforge.data.supervised import LabelVocab, build_label_vocab
 from lmforge.data.tokenizers import ByteTokenizer
 from lmforge.inference import load_run
 from lmforge.objectives.distill import distillation_kl

@@ -57,3 +57,18 @@ def test_constant_and_wsd():
     assert wsd(90) == pytest.approx(0.5) and wsd(100) == 0.0
     sqrt = build_schedule(WSDConfig(warmup_steps=0, decay_fraction=0.5, decay_shape="sqrt"), 100)
     assert sqrt(75) == pytest.approx(1 - math.sqrt(0.5))
+
+
+def test_run_point_is_one_rule_for_every_boundary():
+    import pytest
+
+    from lmforge.quant.schedule import BitNetTwoStageConfig, TwoStageSchedule
+    from lmforge.run_point import at_step, check_run_point
+    from lmforge.training.forge_controller import ForgeControllerConfig, forge_controller
+
+    assert at_step(40, 100) == 40 and at_step(0.4, 100) == 40 and at_step(0.05, 30) == 2 and at_step(1.0, 7) == 7
+    with pytest.raises(ValueError, match="a float, so a fraction of the run"):
+        check_run_point(4000.0, "warmup")
+    alpha = forge_controller(ForgeControllerConfig(warmup=0.05, compaction_end=0.7), 30)  # warm-up ends at at_step(0.05, 30) = 2
+    assert alpha(1) == 0.0 and alpha(2) > 0.0
+    assert TwoStageSchedule(BitNetTwoStageConfig(warmup_steps=0, split_fraction=0.25), 30).split == at_step(0.25, 30)

@@ -12,6 +12,8 @@ from pydantic_core import PydanticCustomError
 
 from lmforge.config_base import Section
 from lmforge.data.adaptive import AdaptiveConfig
+from lmforge.data.splits import ValidationConfig  # noqa: F401  (re-exported: lmforge.data.config.ValidationConfig)
+import lmforge.data.sources  # noqa: F401  (fills SOURCES: the schema validates each source with its own config)
 from lmforge.registry import SOURCES
 
 
@@ -36,18 +38,6 @@ class TokenizerConfig(Section):
         if self.type == "ids" and "vocab_size" not in self.model_fields_set:
             raise ValueError("tokenizer.type 'ids' (token ids of an algorithmic task) needs tokenizer.vocab_size")
         return self
-
-
-class ValidationConfig(Section):
-    """How documents are split between train and val.
-
-    hash: a document is val iff blake2b(text) mod 10^6 < fraction * 10^6 (stable across runs and machines).
-    tail: the last `fraction` of every file is val, like nanoGPT's `text[int(n*0.9):]`.
-    none: no split inside a source; only with data.val_sources, which are the whole val split (sources the whole train split).
-    """
-
-    method: Literal["hash", "tail", "none"] = "hash"
-    fraction: float = Field(0.01, gt=0, lt=1)
 
 
 class DataConfig(Section):
@@ -128,8 +118,6 @@ class DataConfig(Section):
     @field_validator("sources", "val_sources")
     @classmethod
     def _validate_sources(cls, value: list[Any] | None) -> list[BaseModel] | None:
-        import lmforge.data.sources  # noqa: F401  (fills SOURCES; imported here to avoid an import cycle)
-
         if value is None:
             return None
         if not value:

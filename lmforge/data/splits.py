@@ -4,8 +4,24 @@ from __future__ import annotations
 import hashlib
 from typing import BinaryIO, Literal
 
+from pydantic import Field
+
+from lmforge.config_base import Section
+
 Split = Literal["train", "val"]
 HASH_BUCKETS = 1_000_000
+
+
+class ValidationConfig(Section):
+    """How documents are split between train and val.
+
+    hash: a document is val iff blake2b(text) mod 10^6 < fraction * 10^6 (stable across runs and machines).
+    tail: the last `fraction` of every file is val, like nanoGPT's `text[int(n*0.9):]`.
+    none: no split inside a source; only with data.val_sources, which are the whole val split (sources the whole train split).
+    """
+
+    method: Literal["hash", "tail", "none"] = "hash"
+    fraction: float = Field(0.01, gt=0, lt=1)
 
 
 def hash_split(text: str | bytes) -> int:

@@ -30,8 +30,6 @@ Batch = dict[str, torch.Tensor]
 def build_sources(cfg: DataConfig, split: Split) -> list[Source | FilteredSource | DedupedSource]:
     """One Source per configured entry, behind the quality filter and the duplicate filter when they are set;
     raises DataError here for missing paths and the like."""
-    import lmforge.data.sources  # noqa: F401  (registers the shipped source types)
-
     specs, validation = cfg.sources, cfg.validation
     if cfg.val_sources is not None:  # separate val data: each side is read whole
         specs, validation = (cfg.val_sources if split == "val" else cfg.sources), ValidationConfig(method="none")
@@ -158,3 +156,10 @@ def merge_reader_state(full: dict | None, update: dict) -> dict:
     if update["shuffle"] is not None:
         shuffle = apply_delta(full.get("shuffle") if full else None, update["shuffle"])
     return {"mixer": update["mixer"], "leftover": update["leftover"], "shuffle": shuffle, "skipped": update.get("skipped", {})}
+
+
+def train_documents(cfg: Any) -> Iterator[dict]:
+    """One unshuffled pass over the train split's documents (sources in turn), for the label vocabulary."""
+    mixer = RoundRobin([ShardedDocuments(src, 0, 1, loop=False) for src in build_sources(cfg, "train")])
+    for doc, _ in mixer.documents(None):
+        yield doc

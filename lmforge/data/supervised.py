@@ -208,14 +208,3 @@ def collate_supervised(task: Task, rows: list[np.ndarray], tagged: bool = False)
     out["input_ids"] = torch.from_numpy(np.ascontiguousarray(inputs))
     out["labels"] = torch.from_numpy(np.ascontiguousarray(labels))
     return {"input_ids": out.pop("input_ids"), "labels": out.pop("labels"), **out}
-
-
-def train_documents(cfg: Any) -> Iterator[dict]:
-    """One unshuffled pass over the train split's documents (sources in turn), for the label vocabulary."""
-    from lmforge.data.mixer import RoundRobin
-    from lmforge.data.sharding import ShardedDocuments
-    from lmforge.data.stream import build_sources
-
-    mixer = RoundRobin([ShardedDocuments(src, 0, 1, loop=False) for src in build_sources(cfg, "train")])
-    for doc, _ in mixer.documents(None):
-        yield doc

@@ -14,6 +14,7 @@ from lmforge.data import DataConfig, build_val_batches
 from lmforge.data.stream import ReaderStream, build_sources
 from lmforge.evaluation.lm import evaluate_lm
 from lmforge.inference import LoadedRun, load_run
+from lmforge.run_shape import sequence_length
 from lmforge.runtime import setup_runtime
 
 
@@ -38,7 +39,7 @@ def eval_batches(run: LoadedRun, data: str | None, max_batches: int | None) -> t
     """Batches for `data` (None = the run's val split; a preset name/path = its val split; a JSON object = one
     source spec, evaluated whole), tokenized with the run's tokenizer; and a label saying what was evaluated."""
     preset: Preset = run.preset
-    seq_length = preset.data.seq_length or preset.model.block_size
+    seq_length = sequence_length(preset)
     batch_size = preset.train.batch_size
     if data is None or not data.lstrip().startswith("{"):
         data_cfg = preset.data if data is None else load_preset(data).data

@@ -21,12 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lmforge.assembly import build_run_model
 from lmforge.config import Preset, validate_preset
-from lmforge.models import build_model
 from lmforge.quant.bitnet import ternary_layers
 from lmforge.quant.packing import pack_ternary, packed_nbytes, unpack_ternary
 from lmforge.quant.ternary import ternarize
-from lmforge.registry import LAYER_SWAPS
 from lmforge.training.checkpoint import unique_state_dict
 from lmforge.training.state import load_model_state
 
@@ -107,9 +106,7 @@ def load_ternary(folder: Path | str, device: str | torch.device = "cpu") -> Tern
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} export (format {meta.get('format')!r})")
     preset = validate_preset(json.loads((folder / "preset.json").read_text()))
-    model = build_model(preset.model)
-    for swap in preset.layer_swaps:
-        model = LAYER_SWAPS.get(swap.name)(model, swap)
+    model = build_run_model(preset)
     tensors = load_file(str(path))
     layers = dict(ternary_layers(model))
     for key, shape in json.loads(meta["ternary_shapes"]).items():

@@ -7,17 +7,17 @@ so AdamW trains it and every checkpoint holds it (as `classification_head.*`).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import PresetError
+from lmforge.errors import PresetError
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
 from lmforge.objectives.heads import attach_head, unwrap
-from lmforge.protocols import Objective
+from lmforge.protocols import Objective, RunContext
 from lmforge.registry import OBJECTIVES
 from lmforge.runtime import Runtime
 
@@ -43,8 +43,8 @@ class Classification(Objective):
     def __init__(self, cfg: ClassificationConfig):
         self.cfg = cfg
 
-    def bind(self, model: torch.nn.Module, trainer: Any) -> None:
-        labels = getattr(trainer, "labels", None)
+    def bind(self, model: torch.nn.Module, run: RunContext) -> None:
+        labels = run.labels
         if labels is None:
             raise PresetError("objective 'classification' needs data.task 'classification' (batches with class_labels)")
         attach_head(model, HEAD_NAME, len(labels))

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from lmforge.config import PresetError
+from lmforge.errors import PresetError
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms, next_token_cross_entropy
-from lmforge.protocols import Objective
+from lmforge.protocols import Objective, RunContext
 from lmforge.registry import OBJECTIVES
 
 
@@ -60,23 +60,21 @@ class Distill(Objective):
         self.cfg = cfg
         self.teacher: torch.nn.Module | None = None
 
-    def bind(self, model: torch.nn.Module, trainer: Any) -> None:
+    def bind(self, model: torch.nn.Module, run: RunContext) -> None:
         """Load the frozen teacher on the student's device and check it reads the same token ids."""
-        from lmforge.inference import load_run
-
         run_dir, slot = split_teacher_spec(self.cfg.teacher)
         try:
-            loaded = load_run(run_dir, slot, device=trainer.runtime.device)
+            loaded = run.load_run(run_dir, slot)
         except (OSError, RuntimeError, ValueError) as err:
             raise PresetError(f"objective.teacher: cannot load {self.cfg.teacher!r}: {err}") from None
-        if not same_tokenizer(loaded.tokenizer, trainer.tokenizer):
+        if not same_tokenizer(loaded.tokenizer, run.tokenizer):
             raise PresetError(
                 f"objective.teacher: {run_dir} uses a different tokenizer ({type(loaded.tokenizer).__name__}, "
-                f"{loaded.tokenizer.vocab_size} ids) than this run ({type(trainer.tokenizer).__name__}, "
-                f"{trainer.tokenizer.vocab_size} ids); distillation compares distributions id by id, so both must match"
+                f"{loaded.tokenizer.vocab_size} ids) than this run ({type(run.tokenizer).__name__}, "
+                f"{run.tokenizer.vocab_size} ids); distillation compares distributions id by id, so both must match"
             )
-        if loaded.preset.model.block_size < trainer.seq_length:
-            raise PresetError(f"objective.teacher: its block_size {loaded.preset.model.block_size} is shorter than this run's seq_length {trainer.seq_length}")
+        if loaded.preset.model.block_size < run.seq_length:
+            raise PresetError(f"objective.teacher: its block_size {loaded.preset.model.block_size} is shorter than this run's seq_length {run.seq_length}")
         self.teacher = loaded.model.eval().requires_grad_(False)
 
     def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:

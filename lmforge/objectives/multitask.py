@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import add_model_terms
-from lmforge.protocols import Objective
+from lmforge.protocols import Objective, RunContext
 from lmforge.registry import OBJECTIVES
 from lmforge.runtime import Runtime
 
@@ -67,9 +67,9 @@ class Multitask(Objective):
                 raise ValueError(f"objective {name!r} cannot be a multitask task: it has no terms(model, out, batch, ctx)")
             self.tasks.append((name, task["weight"], objective))
 
-    def bind(self, model: torch.nn.Module, trainer: Any) -> None:
+    def bind(self, model: torch.nn.Module, run: RunContext) -> None:
         for _, _, objective in self.tasks:
-            objective.bind(model, trainer)
+            objective.bind(model, run)
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(batch["input_ids"])

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.registry import SCHEDULES
+from lmforge.run_point import at_step
 from lmforge.training.schedules import Schedule
 
 
@@ -51,7 +52,7 @@ class TwoStageSchedule(Schedule):
     def __init__(self, cfg: BitNetTwoStageConfig, total_steps: int):
         self.cfg, self.total = cfg, total_steps
         self.warm = min(cfg.warmup_steps, max(0, total_steps - 1))
-        self.split = min(max(self.warm, round(cfg.split_fraction * total_steps)), max(self.warm, total_steps - 1))
+        self.split = min(max(self.warm, at_step(cfg.split_fraction, total_steps)), max(self.warm, total_steps - 1))
 
     def stage(self, step: int) -> int:
         return 1 if step < self.split else 2

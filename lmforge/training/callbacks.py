@@ -1,10 +1,27 @@
 """Hooks into the loop for users and recipes; the loop calls every method of every callback."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmforge.training.trainer import Trainer, TrainResult
+    from lmforge.training.trainer import Trainer
+
+
+@dataclass
+class TrainResult:
+    """What `fit()` returns (and `on_train_end` receives)."""
+
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_loss: float | None
+    last_val: dict[str, float] = field(default_factory=dict)
+    best_val_loss: float | None = None
+    stop_reason: str = "completed"
+    elapsed: float = 0.0
+    resumed_from: int | None = None
 
 
 class Callback:

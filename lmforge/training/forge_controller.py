@@ -24,8 +24,9 @@ from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.registry import ALPHA_SCHEDULES
+from lmforge.run_point import RunPoint, at_step, check_run_point
 
-Boundary = int | float  # an int counts optimizer steps, a float is a fraction of the run
+Boundary = RunPoint  # an int counts optimizer steps, a float is a fraction of the run
 
 
 class ForgeControllerConfig(Section):
@@ -40,18 +41,16 @@ class ForgeControllerConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ForgeControllerConfig":
-        for field in ("warmup", "compaction_end"):
-            value = getattr(self, field)
-            if isinstance(value, float) and value > 1:
-                raise ValueError(f"{field} {value} is a float, so a fraction of the run, and must be <= 1; write an int for a step count")
+        check_run_point(self.warmup, "warmup")
+        check_run_point(self.compaction_end, "compaction_end")
         if type(self.warmup) is type(self.compaction_end) and self.warmup > self.compaction_end:
             raise ValueError(f"warmup ({self.warmup}) must not come after compaction_end ({self.compaction_end})")
         return self
 
 
 def resolve_boundary(value: Boundary, total_steps: int) -> int:
-    """A boundary as a step: ints are steps already; a fraction is floored, as the seed's int(total * 0.7)."""
-    return value if isinstance(value, int) else int(value * total_steps)
+    """A boundary as a step (lmforge.run_point.at_step: a fraction is rounded; the seed floored, int(total * 0.7))."""
+    return at_step(value, total_steps)
 
 
 @ALPHA_SCHEDULES.register("forge_controller", config=ForgeControllerConfig)

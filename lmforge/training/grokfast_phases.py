@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
 from lmforge.registry import SCHEDULES
+from lmforge.run_point import at_step
 from lmforge.training.schedules import Schedule
 
 PHASES = ("warmup", "acceleration", "consolidation", "refinement")
@@ -60,10 +61,8 @@ class GrokfastPhases(Schedule):
 
     def __init__(self, cfg: GrokfastPhasesConfig, total_steps: int):
         self.cfg = cfg
-        scale = total_steps if cfg.unit == "fraction" else 1
-        self.bounds = tuple(
-            round(x * scale) for x in (cfg.warmup_end, cfg.acceleration_end, cfg.consolidation_end, cfg.refinement_end)
-        )
+        points = (cfg.warmup_end, cfg.acceleration_end, cfg.consolidation_end, cfg.refinement_end)
+        self.bounds = tuple(at_step(float(x) if cfg.unit == "fraction" else int(x), total_steps) for x in points)
 
     def phase(self, step: int) -> str:
         for name, end in zip(PHASES, self.bounds[:3]):

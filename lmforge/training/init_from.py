@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import PresetError
+from lmforge.errors import PresetError
 from lmforge.training.state import load_model_state
 
 

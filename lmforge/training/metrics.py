@@ -64,3 +64,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress_bar(enabled: bool, total: int, initial: int, name: str | None):
+    """A tqdm bar over the optimizer steps (None when off, or on ranks other than 0)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name or "train", unit="step", dynamic_ncols=True)

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from lmforge.config_base import Section
 from lmforge.errors import PresetError
+from lmforge.protocols import Optimizer
 from lmforge.registry import OPTIMIZERS
 from lmforge.runtime import Runtime
 
@@ -185,6 +186,13 @@ def muon(cfg: MuonConfig, model: nn.Module, train_cfg: Any, runtime: Runtime) ->
     if rest:
         optimizers.append(_adamw(AdamWConfig(), rest, train_cfg, runtime))
     return OptimizerChain(optimizers)
+
+
+def set_hyperparameters(optimizer: Optimizer, lr: float, weight_decay_multiplier: float) -> None:
+    """This step's LR (times each group's lr_scale) and weight decay (each group's base times the schedule's multiplier)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+        group["weight_decay"] = group["base_weight_decay"] * weight_decay_multiplier
 
 
 def build_optimizer(model: nn.Module, train_cfg: Any, runtime: Runtime):

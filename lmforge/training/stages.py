@@ -94,14 +94,7 @@ class StagePlan:
 
     def union_data(self) -> DataConfig:
         """The data section over every stage's sources (each once, in stage order): what the tokenizer learns from."""
-        if not self.explicit:
-            return self.base
-        sources: list[Any] = []
-        for stage in self.stages:
-            for source in stage.data.sources:
-                if all(source.model_dump() != s.model_dump() for s in sources):
-                    sources.append(source)
-        return self.base.model_copy(update={"sources": sources, "mix": "round_robin", "source_weights": None, "adaptive": None})
+        return union_stage_data(self.base, [stage.data for stage in self.stages]) if self.explicit else self.base
 
     def val_parts(self) -> list[tuple[str | None, DataConfig]]:
         """(label, data) per val set: one unlabelled part when data.val_sources is set or every stage trains on the same
@@ -190,6 +183,23 @@ class StagePlan:
         if not self.explicit:
             return {}
         return {"stage": index, "stage_name": self.stages[index].name}
+
+
+def union_stage_data(base: DataConfig, stage_data: list[DataConfig]) -> DataConfig:
+    """`base` with the sources of every stage's data, each once, in stage order."""
+    sources: list[Any] = []
+    for data in stage_data:
+        for source in data.sources:
+            if all(source.model_dump() != s.model_dump() for s in sources):
+                sources.append(source)
+    return base.model_copy(update={"sources": sources, "mix": "round_robin", "source_weights": None, "adaptive": None})
+
+
+def preset_union_data(preset: Preset) -> DataConfig:
+    """The union data of a preset's stage plan, before the run's length is known (the tokenizer needs it first)."""
+    if preset.stages is None:
+        return preset.data
+    return union_stage_data(preset.data, [s.data.apply_to(preset.data) if s.data is not None else preset.data for s in preset.stages])
 
 
 def _parameters_by_tensor(model: torch.nn.Module) -> Iterator[tuple[list[str], torch.nn.Parameter]]:

@@ -49,3 +49,14 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     truly_missing = [k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded_ptrs]
     if truly_missing:
         raise RuntimeError(f"checkpoint lacks weights this model needs: {truly_missing[:5]}")
+
+
+def gather_ranks(runtime: Any, local: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's `local` (RNG, data position), gathered onto each rank in rank order (one entry without DDP)."""
+    if not runtime.distributed:
+        return [local]
+    import torch.distributed as dist
+
+    per_rank: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(per_rank, local)
+    return per_rank

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,37 +18,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.config import Preset, PresetError
-from lmforge.data import DataPipeline, build_tokenizer, build_val_batches, iter_texts
-from lmforge.data.supervised import LabelVocab, setup_label_vocab, train_documents
+from lmforge.data import DataPipeline, build_val_batches
 from lmforge.evaluation import evaluate_lm
-from lmforge.models import build_model
+from lmforge.inference import LoadedRun, load_run
 from lmforge.objectives import StepContext
 from lmforge.protocols import Objective
-from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, OBJECTIVES
+from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
-from lmforge.training.callbacks import Callback, EarlyStopping
+from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
 from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_save, unique_state_dict
 from lmforge.training.grad_filters import apply_grad_filters
-from lmforge.training.init_from import init_weights_from
-from lmforge.training.metrics import MetricsLogger
-from lmforge.training.optim import build_optimizer
+from lmforge.training.metrics import MetricsLogger, progress_bar
+from lmforge.training.optim import build_optimizer, set_hyperparameters
+from lmforge.training.resume_check import check_resumable
 from lmforge.training.samples import write_samples
-from lmforge.training.stages import StagePlan, evaluate_parts
-from lmforge.training.state import load_model_state, rng_state, seed_everything, set_rng_state
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    tokens: int
-    final_loss: float | None
-    last_val: dict[str, float] = field(default_factory=dict)
-    best_val_loss: float | None = None
-    stop_reason: str = "completed"
-    elapsed: float = 0.0
-    resumed_from: int | None = None
+from lmforge.training.setup import setup_labels, setup_model, setup_tokenizer
+from lmforge.run_shape import RunShape, resolved_preset, run_shape
+from lmforge.training.signals import graceful_stop
+from lmforge.training.stages import StagePlan, evaluate_parts, preset_union_data
+from lmforge.training.state import gather_ranks, load_model_state, rng_state, set_rng_state
 
 
 class Trainer:
@@ -60,8 +46,7 @@ class Trainer:
     def __init__(self, preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = (), runtime: Runtime | None = None):
         self.preset = preset
         tc = preset.train
-        width = getattr(preset.model, "n_embd", None)
-        self.runtime = runtime or setup_runtime(tc.device, tc.precision, tc.compile, width, tc.deterministic)
+        self.runtime = runtime or setup_runtime(tc.device, tc.precision, tc.compile, preset.model.n_embd, tc.deterministic)
         rt = self.runtime
         self.run_dir = Path(run_dir) if run_dir else run_dir_lib.default_run_dir(preset)
         if rt.is_main:
@@ -75,14 +60,15 @@ class Trainer:
             self.early_stopping = None
         self._stop_reason: str | None = None
 
-        self.seq_length = preset.data.seq_length or preset.model.block_size
-        self.tokens_per_step = tc.batch_size * self.seq_length * tc.grad_accum_steps * rt.world_size
-        self.total_steps = tc.max_steps or math.ceil(tc.train_tokens / self.tokens_per_step)
-        self.stages = StagePlan(preset, self.total_steps)  # one implicit stage when the preset has no `stages`
+        self.tokenizer = setup_tokenizer(preset_union_data(preset), self.run_dir, rt)
+        self.shape: RunShape = run_shape(preset, rt.world_size, self.tokenizer.vocab_size)
+        self.resolved = resolved_preset(preset, self.shape)  # saved beside the run and in every checkpoint slot
+        if rt.is_main:
+            run_dir_lib.save_preset(self.run_dir, self.resolved)
+        self.stages = StagePlan(preset, self.shape.total_steps)  # one implicit stage when the preset has no `stages`
         self.stage_index = 0
-        self.tokenizer = self._setup_tokenizer()
-        self.labels = self._setup_labels()
-        self.model = self._setup_model()
+        self.labels = setup_labels(preset, self.run_dir, rt)
+        self.model = setup_model(self.resolved, rt)
         self.objectives = self._setup_objectives()
         self.objective = self.objectives[self.stage_index]
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
@@ -112,20 +98,13 @@ class Trainer:
         self.flops_per_token = self.model.flops_per_token(self.seq_length)
         self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
 
-    def _setup_tokenizer(self):
-        """Built (or trained) once by rank 0 and saved in the run dir; the other ranks load it.
+    @property
+    def seq_length(self) -> int:
+        return self.shape.seq_length
 
-        A char vocab covers all the data, as nanoGPT's does; BPE is trained on the train split only.
-        """
-        rt, data_cfg = self.runtime, self.stages.union_data()
-        vocab_split = "all" if data_cfg.tokenizer.type == "char" else "train"
-
-        def texts():
-            return iter_texts(data_cfg, vocab_split, data_cfg.tokenizer.train_chars)
-
-        tokenizer = build_tokenizer(data_cfg.tokenizer, self.run_dir, texts) if rt.is_main else None
-        rt.barrier()
-        return tokenizer or build_tokenizer(data_cfg.tokenizer, self.run_dir, texts)
+    @property
+    def total_steps(self) -> int:
+        return self.shape.total_steps
 
     def _stage_pipeline(self, index: int) -> DataPipeline:
         """The train batches of stage `index`, from the start of its data (a resume then loads the saved position)."""
@@ -156,35 +135,9 @@ class Trainer:
         if self.runtime.is_main and self.stages.explicit:
             print(f"stage {index} ({self.stages.stages[index].name}) from step {self.step + 1}", file=sys.stderr)
 
-    def _setup_labels(self) -> LabelVocab | None:
-        """data.task classification: the label vocabulary, built by rank 0 from the train split and saved in the run dir."""
-        if self.preset.data.task != "classification":
-            return None
-        if self.runtime.is_main:
-            setup_label_vocab(self.run_dir, lambda: train_documents(self.preset.data))
-        self.runtime.barrier()
-        return LabelVocab.load(self.run_dir)
-
-    def _setup_model(self) -> torch.nn.Module:
-        """Fill in the vocabulary size, save the resolved preset, build the model (same init on every rank)."""
-        rt, preset = self.runtime, self.preset
-        mcfg = preset.model
-        vocab = self.tokenizer.vocab_size
-        if getattr(mcfg, "vocab_size", "absent") is None:
-            mcfg.vocab_size = vocab
-        elif getattr(mcfg, "vocab_size", None) is not None and mcfg.vocab_size < vocab:
-            raise PresetError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the tokenizer's ({vocab}); remove it to use {vocab}")
-        if self.seq_length > mcfg.block_size:
-            raise PresetError(f"data.seq_length ({self.seq_length}) exceeds model.block_size ({mcfg.block_size})")
-        if rt.is_main:
-            run_dir_lib.save_preset(self.run_dir, preset)
-        seed_everything(preset.train.seed)
-        model = build_model(mcfg)
-        for swap in preset.layer_swaps:
-            model = LAYER_SWAPS.get(swap.name)(model, swap)
-        if preset.train.init_from:  # a checkpoint of this run, if any, replaces these weights in resume()
-            init_weights_from(model, preset.train.init_from)
-        return model.to(rt.device)
+    def load_run(self, run_dir: str, slot: str | None = None) -> LoadedRun:
+        """A finished run on this run's device (RunContext, for an objective's bind: a distillation teacher)."""
+        return load_run(run_dir, slot, device=self.runtime.device)
 
     # ------------------------------------------------------------------ state
 
@@ -192,22 +145,9 @@ class Trainer:
         """Finish the current step, save, and return from fit()."""
         self._stop_reason = self._stop_reason or reason
 
-    def _component_states(self) -> dict[str, Any]:
-        return {
-            "grad_filters": [f.state_dict() for f in self.grad_filters],
-            "objective": self.objective.state_dict(),
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
-        }
-
     def _train_state(self) -> dict[str, Any]:
         """Optimizer, scaler, counters, and per-rank RNG + data position gathered onto rank 0."""
-        local = {"rng": rng_state(), "data": self.train_data.state_dict()}
-        per_rank = [local]
-        if self.runtime.distributed:
-            import torch.distributed as dist
-
-            per_rank = [None] * self.runtime.world_size
-            dist.all_gather_object(per_rank, local)
+        per_rank = gather_ranks(self.runtime, {"rng": rng_state(), "data": self.train_data.state_dict()})
         return {
             "step": self.step,
             "tokens": self.tokens,
@@ -217,13 +157,16 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ranks": per_rank,
-            **self._component_states(),
+            "grad_filters": [f.state_dict() for f in self.grad_filters],
+            "objective": self.objective.state_dict(),  # the current stage's objective
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
 
     def _meta(self) -> dict[str, Any]:
         return {
             "step": self.step, "tokens": self.tokens, "preset": self.preset.name, "arch": self.preset.model.arch,
             "val_loss": self.last_val.get("val_loss"), "world_size": self.runtime.world_size,
+            "run_preset": self.resolved.to_dict(),  # what the slot was trained with (resume_check reads it)
         }
 
     def save(self, slot: str = "rolling") -> None:
@@ -249,6 +192,7 @@ class Trainer:
         if ckpt is None:
             return False
         st = ckpt.train_state
+        check_resumable(ckpt.meta.get("run_preset"), self.resolved.to_dict(), ckpt.slot, self.run_dir)
         if len(st["ranks"]) != self.runtime.world_size:
             raise RuntimeError(
                 f"checkpoint {ckpt.slot} was written by {len(st['ranks'])} processes; resume it with the same number "
@@ -283,27 +227,6 @@ class Trainer:
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self._t_start)
-
-    def _install_signal_handlers(self) -> contextlib.AbstractContextManager:
-        """SIGTERM/SIGINT ask for a graceful stop that saves; only possible on the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return contextlib.nullcontext()
-
-        def handler(signum, frame):
-            if signum == signal.SIGINT and self._stop_reason is not None:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stands
-            self.request_stop(f"signal {signal.Signals(signum).name}")
-
-        @contextlib.contextmanager
-        def installed():
-            old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                yield
-            finally:
-                for s, h in old.items():
-                    signal.signal(s, h)
-
-        return installed()
 
     def wrapped_model(self) -> torch.nn.Module:
         """The module the step runs: compiled and/or DDP-wrapped; `self.model` stays the raw one we save."""
@@ -369,9 +292,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         data_iter = iter(self.train_data)
-        bar = self._progress_bar()
+        bar = progress_bar(rt.is_main and tc.progress_bar, self.total_steps, self.step, self.preset.name)
         window_tokens, window_time, last_loss = 0, 0.0, None
-        with self._install_signal_handlers():
+        with graceful_stop(self.request_stop, lambda: self._stop_reason is not None):
             while self.step < self.total_steps and self._stop_reason is None:
                 stage = self.stages.index_at(self.step)
                 if stage != self.stage_index:
@@ -381,14 +304,12 @@ class Trainer:
                         model = self.wrapped_model()
                 schedule, at, stage_lr = self.stages.schedule_at(self.step)
                 lr = tc.lr * stage_lr * schedule(at)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                    group["weight_decay"] = group["base_weight_decay"] * schedule.weight_decay_multiplier(at)
+                set_hyperparameters(self.optimizer, lr, schedule.weight_decay_multiplier(at))
                 t0 = time.perf_counter()
                 loss, metrics, grad_norm = self.train_step(model, data_iter)
                 self.step += 1
-                self.tokens += self.tokens_per_step
-                window_tokens += self.tokens_per_step
+                self.tokens += self.shape.tokens_per_step
+                window_tokens += self.shape.tokens_per_step
                 if self.step % tc.log_interval == 0 or self.step == self.total_steps:
                     loss_value = rt.all_reduce_mean(loss.item())  # the only host sync in the loop
                     rt.synchronize()
@@ -465,13 +386,6 @@ class Trainer:
         row.update(self.train_data.skip_metrics())
         row.update(self.runtime.memory_stats())
         return row
-
-    def _progress_bar(self):
-        if not (self.runtime.is_main and self.preset.train.progress_bar):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.total_steps, initial=self.step, desc=self.preset.name or "train", unit="step", dynamic_ncols=True)
 
 
 def train(preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:

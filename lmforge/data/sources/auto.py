@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Literal
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
 from lmforge.data.sources.paths import require_nonempty, resolve_files

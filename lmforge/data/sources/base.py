@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, ClassVar, Iterator, NotRequired, TypedDict
 from pydantic import Field, model_validator
 
 from lmforge.config_base import Section
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError, DataWarning
 from lmforge.data.splits import Split, in_hash_split, line_start_at_or_after, tail_cut
 

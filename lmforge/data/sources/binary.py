@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from lmforge.data.cache import SampleCache
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
 from lmforge.data.sources.paths import require_nonempty, resolve_files

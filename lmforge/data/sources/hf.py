@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, model_validator
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, SourceConfig, Source
 from lmforge.data.splits import Split

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.paths import require_nonempty, resolve_files
 from lmforge.data.sources.records import RecordFileSource, RecordFileSourceConfig

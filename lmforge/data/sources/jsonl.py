@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from typing import Iterator, Literal
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
 from lmforge.data.sources.paths import require_nonempty, resolve_files
 from lmforge.data.splits import Split

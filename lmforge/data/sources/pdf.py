@@ -13,7 +13,7 @@ from typing import Iterator, Literal
 
 from pydantic import Field
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source
 from lmforge.data.sources.paths import resolve_files

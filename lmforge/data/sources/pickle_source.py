@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.paths import require_nonempty, resolve_files
 from lmforge.data.sources.records import RecordFileSource, RecordFileSourceConfig

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import SourceConfig
 from lmforge.data.sources.chunked import ChunkedFileSource

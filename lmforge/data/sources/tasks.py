@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source, SourceConfig
 from lmforge.data.splits import Split

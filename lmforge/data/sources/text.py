@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lmforge.data.config import ValidationConfig
+from lmforge.data.splits import ValidationConfig
 from lmforge.data.sources.base import FileSourceConfig
 from lmforge.data.sources.chunked import ChunkedFileSource
 from lmforge.data.sources.paths import require_nonempty, resolve_files

@@ -1,0 +1,24 @@
+"""One way to assemble a run's model from its preset: the arch, then its layer swaps, then heads a checkpoint holds.
+
+The trainer, inference (`load_run`) and the ternary export all build through here, so a model that trains is the
+model that loads.
+"""
+from __future__ import annotations
+
+import torch
+
+from lmforge.config import Preset
+from lmforge.models import build_model
+from lmforge.objectives.heads import restore_heads
+from lmforge.registry import LAYER_SWAPS
+
+
+def build_run_model(preset: Preset, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """`preset.model` built and passed through `preset.layer_swaps` in order; with a checkpoint's `state`, the heads
+    an objective attached in training (classification_head, ...) are re-attached so the state loads."""
+    model = build_model(preset.model)
+    for swap in preset.layer_swaps:
+        model = LAYER_SWAPS.get(swap.name)(model, swap)
+    if state is not None:
+        restore_heads(model, state)
+    return model

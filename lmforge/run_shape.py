@@ -1,0 +1,48 @@
+"""A run's sizes, computed once from the preset, the tokenizer and the process count; everything reads them here."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmforge.config import Preset
+from lmforge.errors import PresetError
+
+
+@dataclass(frozen=True)
+class RunShape:
+    seq_length: int  # tokens per training sequence (data.seq_length, else the model's block_size)
+    vocab_size: int  # the model's vocabulary (model.vocab_size, else the tokenizer's)
+    batch_size: int  # sequences per micro-batch per process
+    grad_accum_steps: int
+    world_size: int
+    total_steps: int  # train.max_steps, else the token budget over tokens_per_step, rounded up
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_length * self.grad_accum_steps * self.world_size
+
+
+def sequence_length(preset: Preset) -> int:
+    return preset.data.seq_length or preset.model.block_size
+
+
+def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape:
+    """The shape of `preset` trained by `world_size` processes with a tokenizer of `tokenizer_vocab` ids."""
+    model, tc = preset.model, preset.train
+    vocab = model.vocab_size if model.vocab_size is not None else tokenizer_vocab
+    if vocab < tokenizer_vocab:
+        raise PresetError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's ({tokenizer_vocab}); remove it to use {tokenizer_vocab}")
+    seq = sequence_length(preset)
+    if seq > model.block_size:
+        raise PresetError(f"data.seq_length ({seq}) exceeds model.block_size ({model.block_size})")
+    per_step = tc.batch_size * seq * tc.grad_accum_steps * world_size
+    total = tc.max_steps or math.ceil(tc.train_tokens / per_step)
+    return RunShape(seq, vocab, tc.batch_size, tc.grad_accum_steps, world_size, total)
+
+
+def resolved_preset(preset: Preset, shape: RunShape) -> Preset:
+    """A copy of the preset with what the run resolved filled in (the vocabulary size), as saved beside the run and
+    in every checkpoint slot; the validated preset itself is left as the user wrote it."""
+    resolved = preset.model_copy(deep=True)
+    resolved.model = resolved.model.model_copy(update={"vocab_size": shape.vocab_size})
+    return resolved

@@ -1,0 +1,53 @@
+"""What a run builds once before training: its tokenizer, its label vocabulary, its model (rank 0 writes, the others read)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmforge.assembly import build_run_model
+from lmforge.config import Preset
+from lmforge.data import build_tokenizer, iter_texts
+from lmforge.data.config import DataConfig
+from lmforge.data.stream import train_documents
+from lmforge.data.supervised import LabelVocab, setup_label_vocab
+from lmforge.data.tokenizers import Tokenizer
+from lmforge.runtime import Runtime
+from lmforge.training.init_from import init_weights_from
+from lmforge.training.state import seed_everything
+
+
+def setup_tokenizer(data: DataConfig, run_dir: Path, runtime: Runtime) -> Tokenizer:
+    """Built (or trained) once by rank 0 and saved in the run dir; the other ranks load it.
+
+    `data` covers every stage's sources. A char vocab covers all the data, as nanoGPT's does; BPE is trained
+    on the train split only.
+    """
+    vocab_split = "all" if data.tokenizer.type == "char" else "train"
+
+    def texts():
+        return iter_texts(data, vocab_split, data.tokenizer.train_chars)
+
+    tokenizer = build_tokenizer(data.tokenizer, run_dir, texts) if runtime.is_main else None
+    runtime.barrier()
+    return tokenizer or build_tokenizer(data.tokenizer, run_dir, texts)
+
+
+def setup_labels(preset: Preset, run_dir: Path, runtime: Runtime) -> LabelVocab | None:
+    """data.task classification: the label vocabulary, built by rank 0 from the train split and saved in the run dir."""
+    if preset.data.task != "classification":
+        return None
+    if runtime.is_main:
+        setup_label_vocab(run_dir, lambda: train_documents(preset.data))
+    runtime.barrier()
+    return LabelVocab.load(run_dir)
+
+
+def setup_model(resolved: Preset, runtime: Runtime) -> torch.nn.Module:
+    """The run's model from its resolved preset, the same init on every rank (seeded), with `train.init_from`'s
+    weights when set (a checkpoint of this run, if any, replaces them on resume)."""
+    seed_everything(resolved.train.seed)
+    model = build_run_model(resolved)
+    if resolved.train.init_from:
+        init_weights_from(model, resolved.train.init_from)
+    return model.to(runtime.device)
