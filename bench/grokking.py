@@ -73,7 +73,8 @@ def run(name: str, max_steps: int, after: int, precision: str) -> dict:
     evals = [r for r in rows if "val_accuracy" in r]
     train_rows = [r for r in rows if "loss" in r]
     tok_s = sorted(r["tokens_per_sec"] for r in train_rows[1:] or train_rows)
-    ms_per_step = 1000 * 512 * 4 / tok_s[len(tok_s) // 2]
+    tokens_per_step = train_rows[-1]["tokens"] / train_rows[-1]["step"]
+    ms_per_step = 1000 * tokens_per_step / tok_s[len(tok_s) // 2]
     return {
         "preset": preset, "overrides": {k: v for k, v in overrides.items() if not k.startswith("train.progress")},
         "steps_to_95": stop.reached, "steps_run": result.steps, "cap": max_steps, "wall_s": wall,

@@ -4,19 +4,20 @@ MQAR (Zoology, Arora et al. 2023; lmforge/evaluation/mqar.py). Vocabulary = the 
 (keys 1..127, values 128..255, query-region fillers random). Both models read the same byte stream:
 each MQAR token is written as 4 copies of its byte, so one token is one agiformer patch, and the
 label sits on the last byte of the query patch (it predicts the first byte of the next patch). Each
-model trains once on sequences of TRAIN_LEN tokens with 4, 8 or 16 pairs (one count per batch, fresh
-batches every step), then is scored per query (argmax of the one answer position; chance 1/128) on
-fixed held-out batches at several (tokens, pairs) settings, including twice the trained length. Both tasks train through lmforge's Trainer on
-the `mqar` and `needle` sources (data.task labeled), with the optimizer settings of `train_model`.
+model trains once on sequences of TRAIN_LEN tokens with 4, 8 or 16 pairs (one count drawn per sample,
+fresh samples every step), then is scored per query (argmax of the one answer position; chance 1/128) on
+fixed held-out batches at several (tokens, pairs) settings, including twice the trained length. Both tasks
+train through lmforge's Trainer on the `mqar` and `needle` sources (data.task labeled), with the optimizer
+settings of `train_model`.
 agiformer's attention window is 8 patches, so a pair more than 8 tokens before its query can only be
 recalled through the Hebbian memory; gpt attends to everything.
 
-Needle (lmforge/evaluation/needle.py + needle_task.py). Both models byte-level, trained from scratch
+Needle (lmforge/evaluation/needle.py; the `needle` source). Both models byte-level, trained from scratch
 on the needle evaluator's own prompt format over real filler (the first 90% of stories.txt), loss on
 the answer only, then evaluated with `run_needle` (greedy generation through each model's cache) on
 the last 10% of stories.txt with fresh random needles. A hit = the continuation starts with the
 6-digit value; guessing is ~1e-6. Alongside, a graded score: teacher-forced argmax accuracy per answer
-byte (6 digits + period) on held-out haystacks, where guessing a digit gives ~0.1.
+byte (6 digits + period) on held-out haystacks (batches from needle_task.py), where guessing a digit gives ~0.1.
 A partial rerun (`--tasks needle`) replaces that task's rows in the JSON and keeps the other's.
 
 usage: python bench/recall.py [--mqar-steps 1500] [--needle-steps 1000] [--lr 1e-3 | --lr agiformer=1e-3,gpt=3e-3] [--tasks mqar,needle] [--out bench/results/recall.json]

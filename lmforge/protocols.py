@@ -1,9 +1,8 @@
 """The plug points, as typed protocols: what the trainer, inference and export may call on a component.
 
 A leaf module (it imports only torch and typing), so any layer can name these types without an import
-cycle. A recipe's component implements the protocol of its registry; `Objective` and `GradientFilter`
-carry defaults for their optional parts, so an implementation that subclasses them states only what it
-has. The trainer calls these methods and never probes a component with getattr/hasattr.
+cycle. A recipe's component implements the protocol of its registry; `Objective` is a base class with
+no-op defaults for its optional hooks, so an objective that subclasses it states only what it has. The trainer calls these methods and never probes a component with getattr/hasattr.
 """
 from __future__ import annotations
 

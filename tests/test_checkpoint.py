@@ -144,9 +144,13 @@ def test_slots_keep_their_preset_and_a_contradicting_resume_is_refused(tmp_path,
     assert meta["run_preset"]["model"]["n_layer"] == 2 and meta["run_preset"]["model"]["vocab_size"] > 0
     changed = json.loads(json.dumps(preset))
     changed["model"]["n_layer"], changed["train"]["batch_size"] = 3, 8
+    saved_preset = (tmp_path / "run" / "preset.json").read_text()
     with pytest.raises(PresetError, match=r"(?s)holds checkpoints \(lm_current\) of a different run:\n"
                        r"  model\.n_layer: 2 in the checkpoint, 3 now\n  train\.batch_size: 4 in the checkpoint, 8 now\n.*--run-dir"):
         train(load_preset(changed), tmp_path / "run")
+    assert (tmp_path / "run" / "preset.json").read_text() == saved_preset  # refused before anything was written
+    with pytest.raises(PresetError, match=r"train\.beta2: 0\.95 in the checkpoint, 0\.9 now"):  # restored with the optimizer
+        train(load_preset(json.loads(json.dumps(preset)) | {"train": preset["train"] | {"beta2": 0.9}}), tmp_path / "run")
     longer = json.loads(json.dumps(preset))
     longer["train"]["max_steps"], longer["train"]["lr"] = 9, 1e-3  # steering what comes next is fine
     assert train(load_preset(longer), tmp_path / "run").resumed_from == 6

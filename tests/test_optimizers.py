@@ -9,6 +9,7 @@ from lmforge.config import PresetError, load_preset
 from lmforge.models import GPTConfig, build_model
 from lmforge.registry import OPTIMIZERS
 from lmforge.runtime import setup_runtime
+from lmforge.training.callbacks import Callback
 from lmforge.training.metrics import read_metrics
 from lmforge.training.optim import OptimizerChain, build_optimizer, decay_groups, muon_eligible
 from lmforge.training.trainer import train
@@ -111,18 +112,33 @@ def test_muon_takes_hidden_matrices_and_adamw_the_rest():
 
 
 def test_muon_trains_a_gpt_preset_and_resumes_exactly(tmp_path, small_text):
-    preset = tiny_preset(small_text, max_steps=8, save_interval=4, eval_interval=100, optimizer={"name": "muon"},
-                         lr_schedule={"name": "constant", "warmup_steps": 2})  # the same LR at steps 1-4 in a 4- and an 8-step run
+    """Stopped at step 4 and resumed under a cosine schedule: the LR the schedule sets after the resume must reach
+    both member optimizers (their load_state_dict replaces the group dicts), and the state must come back."""
+    preset = tiny_preset(small_text, max_steps=8, save_interval=100, eval_interval=100, optimizer={"name": "muon"},
+                         lr_schedule={"name": "warmup_cosine", "warmup_steps": 2})
     preset["model"]["dropout"] = 0.0
     reference = train(load_preset(preset), tmp_path / "ref")
     losses = [r["loss"] for r in read_metrics(tmp_path / "ref") if "loss" in r]
     assert reference.steps == 8 and losses[-1] < losses[0]
-    half = preset | {"train": preset["train"] | {"max_steps": 4}}
-    train(load_preset(half), tmp_path / "resumed")
-    result = train(load_preset(preset), tmp_path / "resumed")
+
+    class StopAt4(Callback):
+        def on_step_end(self, trainer, step, metrics):
+            if step == 4:
+                trainer.request_stop("test")
+
+    train(load_preset(preset), tmp_path / "resumed", [StopAt4()])
+    seen = []
+
+    class MemberLRs(Callback):
+        def on_step_end(self, trainer, step, metrics):
+            seen.append([g["lr"] for o in trainer.optimizer.optimizers for g in o.param_groups])
+
+    result = train(load_preset(preset), tmp_path / "resumed", [MemberLRs()])
     assert result.resumed_from == 4
     again = [r["loss"] for r in read_metrics(tmp_path / "resumed") if "loss" in r]
     assert again == losses  # Muon's momentum and AdamW's moments came back from the checkpoint
+    ref_lr = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "ref") if "loss" in r}
+    assert [lrs[0] for lrs in seen] == [ref_lr[s] for s in range(5, 9)] and all(len(set(lrs)) == 1 for lrs in seen)
 
 
 def test_unknown_optimizer_lists_the_names(small_text):

@@ -119,6 +119,15 @@ def test_sigkill_mid_stage_resumes_bitwise(tmp_path, small_text):
         assert (got[step]["loss"], got[step]["lr"], got[step].get("alpha")) == (ref[step]["loss"], ref[step]["lr"], ref[step].get("alpha")), step
 
 
+def test_resume_refuses_stage_ends_that_moved(tmp_path, small_text):
+    preset = _staged(small_text, [{"name": "a", "until_fraction": 0.5}, {"name": "b"}])
+    preset["train"]["max_steps"] = 8
+    train(load_preset(preset), tmp_path / "run")  # checkpoint at step 8, stage b (steps 5-8)
+    preset["train"]["max_steps"] = 20  # stage a would now span steps 1-10
+    with pytest.raises(PresetError, match=r"checkpoint lm_current \(step 8\) is in stage 1 \(b\), which now spans steps 11-20"):
+        train(load_preset(preset), tmp_path / "run")
+
+
 @pytest.mark.parametrize("stage, message", [
     ({"name": "x", "trainable": ["blocks.9.*"]}, r"stages\.0\.trainable\.0: 'blocks\.9\.\*' matches no parameter"),
     ({"name": "x", "optimizer": {"momentum": 0.9}}, r"stages\.0\.optimizer\.momentum: not an option of this optimizer; allowed: .*betas"),

@@ -91,6 +91,16 @@ def test_needle_trains_only_the_answer(tmp_path, shared_data):
         assert f"is {targets[:6]}. " in prompt  # the needle itself is in the haystack the model reads
 
 
+def test_a_labeled_sample_longer_than_seq_length_is_an_error(tmp_path):
+    from lmforge.data import DataError
+
+    data = {"sources": [{"type": "mqar", "seq_len": 32, "num_kv_pairs": 4, "vocab_size": 64}], "task": "labeled",
+            "tokenizer": {"type": "ids", "vocab_size": 64}, "seq_length": 16}
+    pipe, _ = _pipeline(data, tmp_path, seq_length=16)
+    with pytest.raises(DataError, match="has 32 tokens, more than data.seq_length 16"):
+        next(iter(pipe))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(task="lm"), r"source type modular_arithmetic brings answer-only labels: set data.task 'labeled'"),
     (lambda d: d["tokenizer"].update(vocab_size=12), r"uses token ids 0\.\.12: use tokenizer type 'ids' with vocab_size >= 13"),

@@ -12,7 +12,8 @@ the reader state and DataLoader workers handle it exactly like a packed LM block
   Batch: input_ids, labels with -100 on the input part (loss on the target tokens only), attention_mask.
 - labeled: `seq_length` input ids (padding -100), then `seq_length` labels (-100 = no loss), then 0. The labels
   come with the document (`tokens` + `labels`, the algorithmic task sources), or from `segments` of text whose
-  trained ones are the targets. Batch: input_ids (padding 0), labels, attention_mask.
+  trained ones are the targets; a sample longer than `seq_length` is an error (no cut that keeps its answer
+  answerable is known). Batch: input_ids (padding 0), labels, attention_mask.
 
 The label vocabulary is every distinct train-split target, sorted, saved as `<run_dir>/labels.json` and
 loaded from there on resume and evaluation, so class ids never change under a run.
@@ -137,7 +138,9 @@ class SupervisedPacker:
     def row(self, doc: dict) -> np.ndarray:
         if self.task == "labeled":
             ids, labels = self.labeled_ids(doc)
-            ids, labels = ids[-self.seq_length:], labels[-self.seq_length:]  # too long: keep the end, where the answers are
+            if len(ids) > self.seq_length:  # cutting would lose context an answer needs (MQAR's pairs, a needle)
+                raise DataError(f"a labeled sample of source {doc['source']!r} has {len(ids)} tokens, more than data.seq_length "
+                                f"{self.seq_length}; raise data.seq_length (and model.block_size) or shorten the task's samples")
             block = np.full(2 * self.seq_length + 1, IGNORE_INDEX, dtype=np.int64)
             block[: len(ids)] = ids
             block[self.seq_length : self.seq_length + len(labels)] = labels

@@ -1,4 +1,7 @@
-"""Training batches for needle retrieval: the needle evaluator's exact prompts, with the answer appended.
+"""Teacher-forced batches for needle retrieval: the needle evaluator's exact prompts, with the answer appended.
+
+Training goes through the `needle` source (lmforge/data/sources/tasks.py, the same prompts as documents);
+these ready-made batches serve the teacher-forced per-answer-byte score of bench/recall.py and the tests.
 
 A tiny model pretrained briefly on text never learns to answer "What is the secret number of X?"
 (it has never seen the format), so a needle score after plain pretraining measures nothing. These

@@ -140,12 +140,17 @@ def muon_eligible(model: nn.Module) -> set[int]:
 
 
 class OptimizerChain:
-    """Several optimizers stepped as one (torchtitan's OptimizersContainer): shared param_groups list (the
-    dicts are the members' own, so setting a group's lr reaches its optimizer), one state dict."""
+    """Several optimizers stepped as one (torchtitan's OptimizersContainer), with one state dict.
+
+    `param_groups` is read from the members each time: their load_state_dict replaces the group dicts, and a
+    list copied once would then point at dicts no optimizer reads."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
 
     def step(self, closure: None = None) -> None:
         for o in self.optimizers:

@@ -4,18 +4,23 @@ Every checkpoint slot keeps the resolved preset it was trained with. A resume co
 what the saved weights, optimizer state, data position and counters mean; if one changed (another model, tokenizer,
 data, batch size, stage plan, optimizer...), the old checkpoints would lie about the new run, so the resume stops
 with the differences and the fix. Fields that only steer what happens next (max_steps, lr, intervals, eval and
-logging) may change between sessions.
+logging) may change between sessions. The stage plan's boundaries are checked against the checkpoint's stage
+by the trainer (a new max_steps moves `until_fraction` ends).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from lmforge.config import Preset, validate_preset
 from lmforge.errors import PresetError
+from lmforge.training.checkpoint import CheckpointManager, read_meta
 
 IDENTITY = ("model", "data", "objective", "layer_swaps", "grad_filters", "stages",
-            "train.batch_size", "train.grad_accum_steps", "train.seed", "train.optimizer.name")
-FREE = ("model.dropout", "data.num_workers", "data.cache_size")  # inside IDENTITY, but they change no saved meaning
+            "train.batch_size", "train.grad_accum_steps", "train.seed", "train.optimizer",
+            # restored with the optimizer state (its param groups), so a new value would be silently ignored:
+            "train.weight_decay", "train.beta1", "train.beta2", "train.eps")
+FREE = ("model.dropout", "data.num_workers", "data.cache_size", "train.optimizer.fused")  # change no saved meaning
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
@@ -47,10 +52,22 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[st
     return diffs
 
 
+def check_run_dir(checkpoints: CheckpointManager, current: Preset, run_dir: Path) -> None:
+    """Before a run writes anything into `run_dir`: refuse it if the newest checkpoint there contradicts `current`."""
+    newest = checkpoints.candidates()
+    if newest:
+        slot = newest[0][1]
+        check_resumable(read_meta(slot).get("run_preset"), current.to_dict(), slot.name, run_dir)
+
+
 def check_resumable(saved: dict[str, Any] | None, current: dict[str, Any], slot: str, run_dir: Path) -> None:
     """Raise PresetError when checkpoint `slot` was trained with a preset the current one contradicts."""
     if saved is None:  # a checkpoint written before slots kept their preset
         return
+    try:  # with today's defaults filled in, so a field added since the checkpoint is not a difference
+        saved = validate_preset(saved).to_dict()
+    except PresetError:
+        pass
     diffs = differences(saved, current)
     if not diffs:
         return

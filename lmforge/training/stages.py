@@ -33,6 +33,9 @@ from lmforge.protocols import Optimizer
 from lmforge.training.schedules import Schedule, build_schedule
 
 Batches = list[dict[str, torch.Tensor]]
+# param-group hyper-parameters a stage may set (where the optimizer has them); kernel switches (fused, foreach,
+# capturable, decoupled_weight_decay) are not among them: changing those mid-run breaks or silently changes the method
+STAGE_OPTIMIZER_OPTIONS = {"weight_decay", "betas", "eps", "momentum", "nesterov", "dampening", "ns_steps"}
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,26 @@ class StagePlan:
                 if not fnmatch.filter(names, pattern):
                     raise PresetError(f"stages.{stage.index}.trainable.{i}: {pattern!r} matches no parameter; "
                                       f"names look like {', '.join(names[:4])}, ... ({len(names)} in all)")
-            allowed = sorted({k for g in optimizer.param_groups for k in g} - {"params", "lr", "lr_scale", "base_weight_decay", "decay"})
+            allowed = sorted({k for g in optimizer.param_groups for k in g} & STAGE_OPTIMIZER_OPTIONS)
             for key in stage.optimizer:
                 if key not in allowed:
                     raise PresetError(f"stages.{stage.index}.optimizer.{key}: not an option of this optimizer; allowed: {', '.join(allowed)}")
+
+    @property
+    def has_own_objectives(self) -> bool:
+        """Whether some stage trains with an objective of its own (its head is then unused in the other stages)."""
+        return any(stage.objective is not None for stage in self.stages)
+
+    def check_resumed_stage(self, stage: int, step: int, slot: str) -> None:
+        """A checkpoint of `stage` at `step` must fall in that stage under this plan (or end it exactly); a new
+        max_steps or token budget moves `until_fraction` ends and would replay or skip a stage's data."""
+        if stage >= len(self.stages):
+            raise PresetError(f"checkpoint {slot} is in stage {stage}, but the preset has {len(self.stages)} stage(s)")
+        s = self.stages[stage]
+        if not s.start_step <= step <= s.end_step:
+            raise PresetError(f"checkpoint {slot} (step {step}) is in stage {stage} ({s.name}), which now spans steps "
+                              f"{s.start_step + 1}-{s.end_step}: the stage ends moved (max_steps or train_tokens changed with "
+                              "until_fraction ends); keep the run's length or give the stages until_step ends")
 
     def apply(self, model: torch.nn.Module, index: int) -> None:
         """Put the model in stage `index`'s settings (`set_<name>(value)`) and freeze what the stage does not train."""

@@ -31,7 +31,7 @@ from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_sa
 from lmforge.training.grad_filters import apply_grad_filters
 from lmforge.training.metrics import MetricsLogger, progress_bar
 from lmforge.training.optim import build_optimizer, set_hyperparameters
-from lmforge.training.resume_check import check_resumable
+from lmforge.training.resume_check import check_run_dir
 from lmforge.training.samples import write_samples
 from lmforge.training.setup import setup_labels, setup_model, setup_tokenizer
 from lmforge.run_shape import RunShape, resolved_preset, run_shape
@@ -63,6 +63,8 @@ class Trainer:
         self.tokenizer = setup_tokenizer(preset_union_data(preset), self.run_dir, rt)
         self.shape: RunShape = run_shape(preset, rt.world_size, self.tokenizer.vocab_size)
         self.resolved = resolved_preset(preset, self.shape)  # saved beside the run and in every checkpoint slot
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
+        check_run_dir(self.checkpoints, self.resolved, self.run_dir)  # before preset.json is rewritten
         if rt.is_main:
             run_dir_lib.save_preset(self.run_dir, self.resolved)
         self.stages = StagePlan(preset, self.shape.total_steps)  # one implicit stage when the preset has no `stages`
@@ -87,7 +89,6 @@ class Trainer:
             for label, data in self.stages.val_parts()
         ]
         self.val_batches = [b for _, batches in self.val_parts for b in batches]
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
         self.metrics = MetricsLogger(self.run_dir, enabled=rt.is_main, tensorboard=tc.tensorboard)
         self.step = 0
         self.tokens = 0
@@ -192,7 +193,6 @@ class Trainer:
         if ckpt is None:
             return False
         st = ckpt.train_state
-        check_resumable(ckpt.meta.get("run_preset"), self.resolved.to_dict(), ckpt.slot, self.run_dir)
         if len(st["ranks"]) != self.runtime.world_size:
             raise RuntimeError(
                 f"checkpoint {ckpt.slot} was written by {len(st['ranks'])} processes; resume it with the same number "
@@ -200,7 +200,8 @@ class Trainer:
             )
         load_model_state(self.model, ckpt.model_state)
         self.optimizer.load_state_dict(st["optimizer"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:  # empty when it was off (bf16/fp32); a switch to fp16 starts a fresh scale
+            self.scaler.load_state_dict(st["scaler"])
         self.step, self.tokens, self.elapsed_before = st["step"], st["tokens"], st["elapsed"]
         self.best_val_loss = st["best_val_loss"]
         for f, s in zip(self.grad_filters, st["grad_filters"]):
@@ -209,8 +210,7 @@ class Trainer:
             self.early_stopping.load_state_dict(st["early_stopping"])
         mine = st["ranks"][self.runtime.rank]
         stage = int(st.get("stage", 0))  # checkpoints from before stage plans: stage 0
-        if stage >= len(self.stages):
-            raise PresetError(f"checkpoint {ckpt.slot} is in stage {stage}, but the preset has {len(self.stages)} stage(s)")
+        self.stages.check_resumed_stage(stage, self.step, ckpt.slot)
         if stage != self.stage_index:
             self._enter_stage(stage)
         if st.get("objective") is not None:  # the state of the stage's objective
@@ -235,7 +235,8 @@ class Trainer:
         if rt.compile:
             model = torch.compile(model)
         if rt.distributed:
-            model = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+            model = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
+                                            find_unused_parameters=self.stages.has_own_objectives)  # a stage's head idles elsewhere
         return model
 
     def train_step(self, model: torch.nn.Module, data_iter) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:

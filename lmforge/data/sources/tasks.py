@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.data.splits import ValidationConfig
 from lmforge.data.errors import DataError
 from lmforge.data.sources.base import Document, FileSourceConfig, Source, SourceConfig
-from lmforge.data.splits import Split
+from lmforge.data.splits import Split, ValidationConfig
 from lmforge.data.tasks import IGNORE, MQARSetting, ModularOp, ModularTask, build_prompt, expand_tokens, make_needle, mqar_batch
 from lmforge.registry import SOURCES
 
@@ -208,5 +207,6 @@ class NeedleSource(TaskSource):
         key, value = make_needle(rng)
         length = rng.choice(self.cfg.haystack_chars)
         prompt = build_prompt(self.filler, length, rng.random(), key, value, rng)
-        return {"text": "", "source": self.name, "eos": False,
-                "segments": [{"text": prompt, "train": False}, {"text": value + ".", "train": True}]}
+        answer = value + "."
+        return {"text": prompt + answer, "source": self.name, "eos": False,  # text: for tokenizers that learn, dedupe, filters
+                "segments": [{"text": prompt, "train": False}, {"text": answer, "train": True}]}
