@@ -6,6 +6,7 @@ no-op defaults for its optional hooks, so an objective that subclasses it states
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -53,11 +54,12 @@ class RunContext(Protocol):
         ...
 
 
-class Objective:
+class Objective(ABC):
     """`objective(model, batch, ctx) -> (loss, metrics)`; the other methods are optional hooks with no-op defaults."""
 
+    @abstractmethod
     def __call__(self, model: nn.Module, batch: Batch, ctx: StepContextLike) -> tuple[torch.Tensor, Metrics]:
-        raise NotImplementedError
+        """The loss to backpropagate and the metrics to log for one micro-batch."""
 
     def bind(self, model: nn.Module, run: RunContext) -> None:
         """Called once before the optimizer is built: attach heads (they are then trained and checkpointed)."""

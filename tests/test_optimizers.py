@@ -52,29 +52,28 @@ def test_adamw_default_is_fused_adamw_with_nanogpt_decay():
     assert _same_params(model, ref)
 
 
-def test_adam_is_coupled_l2_on_every_parameter_like_the_grokfast_code():
+def _matches_torch(spec: dict, train: dict, make_torch) -> torch.optim.Optimizer:
+    """Three steps of lmforge's optimizer and of torch's, built by hand, from one init: the weights must be equal."""
     model = _model()
     ref = copy.deepcopy(model)
-    cfg = _train_cfg({"name": "adam", "fused": False}, weight_decay=0.005, lr=1e-3, beta2=0.98)
-    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
-    torch_opt = torch.optim.Adam(ref.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.005)
+    opt = build_optimizer(model, _train_cfg(spec, **train), setup_runtime("cpu", "fp32"))
+    torch_opt = make_torch(ref.parameters())
     for _ in range(3):
         _step(model, opt)
         _step(ref, torch_opt)
     assert _same_params(model, ref)
+    return opt
+
+
+def test_adam_is_coupled_l2_on_every_parameter_like_the_grokfast_code():
+    opt = _matches_torch({"name": "adam", "fused": False}, dict(weight_decay=0.005, lr=1e-3, beta2=0.98),
+                         lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.005))
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.005
 
 
 def test_sgd_matches_torch_sgd():
-    model = _model()
-    ref = copy.deepcopy(model)
-    cfg = _train_cfg({"name": "sgd", "momentum": 0.9, "nesterov": True}, weight_decay=0.0, lr=0.1)
-    opt = build_optimizer(model, cfg, setup_runtime("cpu", "fp32"))
-    torch_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    for _ in range(3):
-        _step(model, opt)
-        _step(ref, torch_opt)
-    assert _same_params(model, ref)
+    _matches_torch({"name": "sgd", "momentum": 0.9, "nesterov": True}, dict(weight_decay=0.0, lr=0.1),
+                   lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True))
 
 
 def test_muon_takes_hidden_matrices_and_adamw_the_rest():

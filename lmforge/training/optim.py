@@ -67,11 +67,15 @@ def adamw(cfg: AdamWConfig, model: nn.Module, train_cfg: Any, runtime: Runtime) 
 
 
 def _adamw(cfg: AdamWConfig, params: list[nn.Parameter], train_cfg: Any, runtime: Runtime) -> torch.optim.AdamW:
-    groups = _finish(decay_groups(params, train_cfg.weight_decay))
+    return _adam_family(torch.optim.AdamW, _finish(decay_groups(params, train_cfg.weight_decay)), cfg.fused, train_cfg, runtime)
+
+
+def _adam_family(cls: type, groups: list[dict], fused: bool | None, train_cfg: Any, runtime: Runtime) -> torch.optim.Optimizer:
+    """Adam or AdamW over `groups` with the shared train.* hyper-parameters, fused where asked and possible."""
     kwargs: dict[str, Any] = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
-    if _fused(runtime, [p for g in groups for p in g["params"]], cfg.fused):
+    if _fused(runtime, [p for g in groups for p in g["params"]], fused):
         kwargs["fused"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    return cls(groups, **kwargs)
 
 
 class AdamConfig(Section):
@@ -89,10 +93,7 @@ def adam(cfg: AdamConfig, model: nn.Module, train_cfg: Any, runtime: Runtime) ->
     params = list(model.parameters())
     wd = train_cfg.weight_decay
     groups = _finish([{"params": params, "weight_decay": wd, "decay": True}] if cfg.weight_decay_on == "all" else decay_groups(params, wd))
-    kwargs: dict[str, Any] = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
-    if _fused(runtime, [p for g in groups for p in g["params"]], cfg.fused):
-        kwargs["fused"] = True
-    return torch.optim.Adam(groups, **kwargs)
+    return _adam_family(torch.optim.Adam, groups, cfg.fused, train_cfg, runtime)
 
 
 class SGDConfig(Section):

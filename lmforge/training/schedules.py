@@ -9,6 +9,7 @@ neutral defaults here:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Literal
 
 from pydantic import Field
@@ -19,11 +20,12 @@ from lmforge.registry import SCHEDULES
 ScheduleFn = Callable[[int], float]
 
 
-class Schedule:
+class Schedule(ABC):
     """Base of every LR schedule: `__call__(step)` is the LR multiplier; the other two are optional extras."""
 
+    @abstractmethod
     def __call__(self, step: int) -> float:
-        raise NotImplementedError
+        """The LR multiplier at optimizer step `step` (0-based)."""
 
     def weight_decay_multiplier(self, step: int) -> float:
         return 1.0

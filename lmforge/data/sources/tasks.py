@@ -14,6 +14,7 @@ These are research tasks: they are used only where a preset names them.
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar, Iterator, Literal
 
@@ -46,11 +47,13 @@ class TaskSource(Source):
     def __init__(self, config: SourceConfig, *, split: Split, validation: ValidationConfig, seed: int = 0):
         super().__init__(config, split=split, validation=ValidationConfig(method="none"), seed=seed)
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Samples per epoch of this split."""
 
+    @abstractmethod
     def sample(self, index: int, epoch: int) -> Document:
-        raise NotImplementedError
+        """Sample `index` of `epoch`: a pure function of (seed, split, epoch, index)."""
 
     def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:
         for i in range(int(state["index"]) if state else 0, len(self)):
@@ -92,20 +95,24 @@ class ModularArithmeticSource(TaskSource):
         train, val = self.task.split(config.train_fraction, config.split_seed)
         self.rows = train if split == "train" else val
         self.shuffle = config.shuffle and split == "train"
+        self._order_epoch: int | None = None
+        self._order_cache = torch.arange(0)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(len(self.rows))
-        return torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        """The epoch's order of the rows, computed once per epoch (not per sample)."""
+        if self._order_epoch != epoch:
+            n = len(self.rows)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order_cache = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+            self._order_epoch = epoch
+        return self._order_cache
 
-    def documents(self, state: dict | None = None, epoch: int = 0) -> Iterator[tuple[Document, dict]]:
-        order = self._order(epoch)  # once per pass, not per sample
-        for i in range(int(state["index"]) if state else 0, len(self)):
-            row = self.rows[order[i]].tolist()
-            yield _labeled(self.name, row[:4], [IGNORE, IGNORE, IGNORE, row[4]]), {"index": i + 1}
+    def sample(self, index: int, epoch: int) -> Document:
+        row = self.rows[self._order(epoch)[index]].tolist()
+        return _labeled(self.name, row[:4], [IGNORE, IGNORE, IGNORE, row[4]])
 
 
 # ---------------------------------------------------------------------------- MQAR
