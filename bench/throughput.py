@@ -8,6 +8,10 @@ peak is a square-matmul probe in the same dtype on this machine (torchtitan and
 nanochat use a data-sheet peak; CPUs have none, so we measure it).
 
 usage: python bench/throughput.py [--sizes tiny,small,medium] [--steps 20] [--compile-sizes tiny,small] [--out bench/results/throughput.json]
+       python bench/throughput.py --guard-cost [--sizes small,medium] [--repeats 3]
+--guard-cost times the step guard (train.skip_nonfinite: the loss and grad-norm check) instead: bf16 eager steps with
+it on and off, alternated `--repeats` times, with clipping on (the check reuses the clip's norm) and off (it pays for
+a norm of its own); writes bench/results/step_guard_cost.json.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ SIZES = {
 }
 
 
-def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: int, run_dir: Path) -> dict:
+def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: int, run_dir: Path, skip_nonfinite: bool = True,
+                grad_clip: float = 1.0) -> dict:
     """Median time of `Trainer.train_step` (forward, backward, clip, fused AdamW, and the next batch from the
     run's DataPipeline) after `warmup` steps, on a preset built for this size."""
     n_layer, n_head, n_embd, block, batch = SIZES[size]
@@ -46,7 +51,8 @@ def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: i
         "model": {"arch": "gpt", "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block},
         "data": {"sources": [{"type": "text", "path": str(DATA)}], "tokenizer": {"type": "byte"}, "validation": {"method": "tail", "fraction": 0.1}},
         "train": {"batch_size": batch, "max_steps": warmup + steps, "lr": 1e-4, "precision": precision, "compile": compiled,
-                  "device": "auto", "eval_batches": 1, "progress_bar": False, "legacy_weights_file": None, "seed": 0},
+                  "device": "auto", "eval_batches": 1, "progress_bar": False, "legacy_weights_file": None, "seed": 0,
+                  "skip_nonfinite": skip_nonfinite, "grad_clip": grad_clip},
     }
     trainer = Trainer(load_preset(preset), run_dir)
     rt = trainer.runtime
@@ -58,7 +64,7 @@ def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: i
     for i in range(warmup + steps):
         rt.synchronize()
         t0 = time.perf_counter()
-        loss, _, _ = trainer.train_step(model, data)
+        loss, _, _, _ = trainer.train_step(model, data)
         loss.item()  # a host sync per step, so the timer sees the step finish (the loop syncs every log_interval)
         rt.synchronize()
         if i == warmup - 1:
@@ -71,10 +77,32 @@ def time_config(size: str, precision: str, compiled: bool, steps: int, warmup: i
     flops_tok = trainer.model.flops_per_token(block)
     return {
         "size": size, "n_layer": n_layer, "n_embd": n_embd, "block_size": block, "batch_size": batch,
-        "params": trainer.model.num_params(), "precision": precision, "compiled": compiled,
+        "params": trainer.model.num_params(), "precision": precision, "compiled": compiled, "skip_nonfinite": skip_nonfinite,
         "step_ms": step_time * 1e3, "tokens_per_sec": tok_s, "flops_per_token": flops_tok,
         "achieved_tflops": flops_tok * tok_s / 1e12, "warmup_seconds": t_compile,
     }
+
+
+def guard_cost(sizes: list[str], steps: int, warmup: int, repeats: int, out: Path) -> None:
+    """Median step time with the step guard on and off, alternated so drift hits both alike."""
+    rows = []
+    for size in sizes:
+        for grad_clip in (1.0, 0.0):
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(repeats):
+                for on in (True, False):
+                    with tempfile.TemporaryDirectory() as run_dir:
+                        times[on].append(time_config(size, "bf16", False, steps, warmup, Path(run_dir), on, grad_clip)["step_ms"])
+            on_ms, off_ms = statistics.median(times[True]), statistics.median(times[False])
+            rows.append({"size": size, "grad_clip": grad_clip, "guard_on_ms": on_ms, "guard_off_ms": off_ms,
+                         "overhead": on_ms / off_ms - 1, "runs_on_ms": times[True], "runs_off_ms": times[False]})
+            print(f"  {size:7s} clip {grad_clip:3.1f}: guard on {on_ms:8.1f} ms, off {off_ms:8.1f} ms ({on_ms / off_ms - 1:+.1%})", flush=True)
+    print("\n| size | clipping | step ms, guard on | step ms, guard off | overhead |\n|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {'on' if r['grad_clip'] else 'off'} | {r['guard_on_ms']:.1f} | {r['guard_off_ms']:.1f} | {r['overhead']:+.1%} |")
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu", "rows": rows}, indent=2))
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -83,8 +111,15 @@ def main() -> None:
     ap.add_argument("--compile-sizes", default="tiny,small", help="sizes also timed under torch.compile ('' = none)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "throughput.json"))
+    ap.add_argument("--out", default=None, help="default bench/results/throughput.json (step_guard_cost.json with --guard-cost)")
+    ap.add_argument("--guard-cost", action="store_true", help="time the step guard on vs off instead (see the module docstring)")
+    ap.add_argument("--repeats", type=int, default=3, help="--guard-cost: alternated runs per setting")
     args = ap.parse_args()
+    results = REPO / "bench" / "results"
+    if args.guard_cost:
+        guard_cost(args.sizes.split(","), args.steps, args.warmup, args.repeats, Path(args.out or results / "step_guard_cost.json"))
+        return
+    args.out = args.out or str(results / "throughput.json")
     peaks = {p: measure_matmul_peak_flops(setup_runtime("cpu" if not torch.cuda.is_available() else "auto", p)) for p in ("fp32", "bf16")}
     rows = []
     for size in args.sizes.split(","):

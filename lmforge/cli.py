@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from lmforge.code_policy import code_policy
 from lmforge.config import PresetError, list_presets, load_preset, parse_override_value
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands that need them
@@ -14,6 +15,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the commands that need them
     from lmforge.inference import LoadedRun
 
 EXIT_BAD_INPUT = 2
+EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: the disk filled up or turned read-only; the run resumes once it is fixed
 
 
 def parse_dotted_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -63,18 +65,26 @@ def _load_run(run_dir: str, slot: str | None = None):
 
 def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.data import DataError
-    from lmforge.training.checkpoint import CheckpointError
+    from lmforge.training.checkpoint import DISK_ERRNOS, CheckpointError, CheckpointWriteError, write_failure
     from lmforge.training.run_dir import RunDirError
+    from lmforge.training.run_dir import default_run_dir as preset_run_dir
     from lmforge.training.trainer import train
 
     try:
-        preset = load_preset(ns.preset, parse_dotted_overrides(extra))
+        preset = load_preset(ns.preset, parse_dotted_overrides(extra), trust_code=ns.trust_code)
     except PresetError as err:
         return _fail(f"invalid preset {ns.preset!r}:\n  " + str(err).replace("\n", "\n  "))
     try:
         result = train(preset, ns.run_dir)
     except (DataError, RunDirError, CheckpointError) as err:
         return _fail(str(err))
+    except CheckpointWriteError as err:
+        return _fail(str(err), EXIT_WRITE_FAILED) if int(os.environ.get("RANK", "0")) == 0 else EXIT_WRITE_FAILED
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        target = Path(err.filename) if err.filename else Path(ns.run_dir) if ns.run_dir else preset_run_dir(preset)
+        return _fail(str(write_failure(err, target, "to")), EXIT_WRITE_FAILED)
     if int(os.environ.get("RANK", "0")) == 0:
         val = result.last_val.get("val_loss")
         print(
@@ -268,7 +278,8 @@ def cmd_data(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.data.prepare import format_table, inspect, prepare
 
     try:
-        preset = load_preset(ns.preset, parse_dotted_overrides(extra))
+        with code_policy("skip"):  # reading data never runs the objective
+            preset = load_preset(ns.preset, parse_dotted_overrides(extra))
     except PresetError as err:
         return _fail(f"invalid preset {ns.preset!r}:\n  " + str(err).replace("\n", "\n  "))
     try:
@@ -313,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train PRESET (a path or a name in configs/). Any preset field can be overridden: --train.lr 3e-4")
     t.add_argument("preset")
     t.add_argument("--run-dir", default=None, help="default: runs/<preset name>")
+    t.add_argument("--trust-code", action="store_true",
+                   help="let the preset import the Python it names (objective 'python'), as transformers' trust_remote_code")
     t.set_defaults(func=cmd_train)
     g = sub.add_parser("generate", help="sample text from a trained run")
     g.add_argument("--run-dir", required=True)

@@ -9,6 +9,7 @@ does not list them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 import lmforge.components  # noqa: F401  (fills the registries the preset is validated against)
+from lmforge.code_policy import code_policy
 from lmforge.config_base import Section
 from lmforge.data.config import DataConfig
 from lmforge.errors import PresetError  # noqa: F401  (re-exported: lmforge.config.PresetError)
@@ -25,6 +27,20 @@ from lmforge.run_point import at_step
 
 CONFIG_DIR_NAME = "configs"
 DEFAULT_PRESET = "quickstart_cpu"  # what `python main.py` trains when Enter is pressed or there is no terminal
+
+
+class SkipSpikesConfig(Section):
+    """OLMo-core-style spike skipping: a step whose loss or grad norm is `sigma` std above the last `window` steps."""
+
+    window: int = Field(128, ge=2, description="recent steps whose finite loss and grad norm give the mean and std")
+    sigma: float = Field(6.0, gt=0, description="a value this many std above the window's mean is a spike")
+    min_history: int = Field(64, ge=2, description="steps in the window before any step counts as a spike (OLMo-core: max(20, window / 2))")
+
+    @model_validator(mode="after")
+    def _history_fits(self) -> "SkipSpikesConfig":
+        if self.min_history > self.window:
+            raise ValueError(f"min_history ({self.min_history}) must be at most window ({self.window})")
+        return self
 
 
 class TrainConfig(Section):
@@ -48,6 +64,12 @@ class TrainConfig(Section):
         description="optimizer by registered name (adamw, adam, sgd, muon), with its own options; weight_decay, beta1, beta2, eps above are shared",
     )
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
+    skip_nonfinite: bool = Field(True, description="skip (count, log, never apply) a step whose loss or grad norm is inf/NaN on any rank")
+    skip_spikes: SkipSpikesConfig | None = Field(None, description="also skip loss / grad-norm spikes (z-score over a rolling window); None = off")
+    rollback_after: int = Field(
+        5, ge=0, description="consecutive skipped steps after which the run reloads its newest checkpoint and skips past those batches; 0 = never"
+    )
+    max_rollbacks: int = Field(3, ge=1, description="rollbacks in a row (no good step between them) before the run stops as stuck")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     compile: bool = Field(False, description="torch.compile the model (pays off on long runs)")
@@ -459,12 +481,16 @@ def resolve_preset_path(name_or_path: str) -> Path:
     raise PresetError(f"preset {name_or_path!r} is neither a file nor a preset in {config_dir()}; available: {names}")
 
 
-def load_preset(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> Preset:
-    """Load a preset from a path, a name in configs/, or a dict; apply overrides; validate."""
+def load_preset(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None, trust_code: bool = False) -> Preset:
+    """Load a preset from a path, a name in configs/, or a dict; apply overrides; validate.
+
+    A preset that names Python code (objective `python`) is refused unless `trust_code` (lmforge.code_policy).
+    """
     if isinstance(source, dict):
         raw = source
     else:
         raw = read_preset_file(resolve_preset_path(str(source)))
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return validate_preset(raw)
+    with code_policy("trust") if trust_code else contextlib.nullcontext():  # else: the caller's policy, by default refuse
+        return validate_preset(raw)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.code_policy import code_policy
 from lmforge.config import Preset, validate_preset
 from lmforge.data import load_tokenizer
 from lmforge.assembly import build_run_model
@@ -29,7 +30,8 @@ def load_run(run_dir: Path | str, slot: str | None = None, device: str | torch.d
     preset_path = run_dir / "preset.json"
     if not preset_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no preset.json)")
-    preset = validate_preset(json.loads(preset_path.read_text()))
+    with code_policy("skip"):  # generation never runs the training objective
+        preset = validate_preset(json.loads(preset_path.read_text()))
     tokenizer = load_tokenizer(run_dir)
     manager = CheckpointManager(run_dir / "checkpoints")
     ckpt = manager.load(slot) if slot else manager.load_latest()

@@ -107,6 +107,25 @@ class Runtime:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def wrap(self, model: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+        """The module a train step runs: compiled when asked, DDP-wrapped under torchrun (the raw one is what is saved)."""
+        if self.compile:
+            model = torch.compile(model)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                                            find_unused_parameters=find_unused_parameters)
+        return model
+
+    def all_reduce_mean_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks, on the device (a NaN on any rank makes the mean NaN, so all ranks see it)."""
+        if not self.distributed:
+            return tensor
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor / self.world_size
+
     def shutdown(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

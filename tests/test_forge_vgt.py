@@ -1,13 +1,15 @@
 """Forge-VGT recipe (seed 000): the Forge Controller, the forge loss, the pluggable loss, the VGT model, resume of α."""
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_preset
+from conftest import REPO, tiny_preset
 from lmforge.config import PresetError, load_preset
 from lmforge.generation import SamplingConfig, generate
 from lmforge.models import VGT, VGTConfig
@@ -116,7 +118,7 @@ def test_ignored_targets_count_nowhere():
 def test_loss_function_by_import_path(small_text):
     """`python` runs a function named by path with the model, batch and α; seed-style functions work unchanged."""
     raw = tiny_preset(small_text) | {"objective": {"name": "python", "path": "helpers.my_losses:ce_only"}}
-    cfg = load_preset(raw).objective
+    cfg = load_preset(raw, trust_code=True).objective
     torch.manual_seed(0)
     model = VGT(VGTConfig(vocab_size=20, n_layer=2, n_embd=16, block_size=8)).eval()  # no dropout: calls compare exactly
     ids = torch.randint(0, 20, (2, 9))
@@ -129,17 +131,33 @@ def test_loss_function_by_import_path(small_text):
 
     # the shipped compute_forge_loss named by path, with options, equals objective forge
     by_path = load_preset(raw | {"objective": {"name": "python", "path": "lmforge.objectives:compute_forge_loss",
-                                               "options": {"h_norm_weight": 0.3}}}).objective
+                                               "options": {"h_norm_weight": 0.3}}}, trust_code=True).objective
     forge = load_preset(raw | {"objective": {"name": "forge", "h_norm_weight": 0.3}}).objective
     a, ma = OBJECTIVES.get("python")(by_path)(model, batch, ctx)
     b, mb = OBJECTIVES.get("forge")(forge)(model, batch, ctx)
     assert torch.equal(a, b) and ma["h_norm"] == mb["h_norm"]
 
     with pytest.raises(PresetError, match=r"objective.path.*no_such_module"):
-        load_preset(raw | {"objective": {"name": "python", "path": "no_such_module:f"}})
-    broken = load_preset(raw | {"objective": {"name": "python", "path": "helpers.my_losses:returns_a_number"}}).objective
+        load_preset(raw | {"objective": {"name": "python", "path": "no_such_module:f"}}, trust_code=True)
+    broken = load_preset(raw | {"objective": {"name": "python", "path": "helpers.my_losses:returns_a_number"}}, trust_code=True).objective
     with pytest.raises(TypeError, match=r"\(loss, metrics dict\)"):
         OBJECTIVES.get("python")(broken)(model, batch, ctx)
+
+
+def test_a_preset_that_names_code_runs_only_when_trusted(small_text, tmp_path):
+    """As transformers' trust_remote_code: the refusal names the key and the opt-in, and nothing was imported."""
+    raw = tiny_preset(small_text) | {"objective": {"name": "python", "path": "helpers.never_imported:f"}}
+    with pytest.raises(PresetError, match=r"objective.path: .*names Python code to import.*--trust-code.*trust_code=True"):
+        load_preset(raw)
+    staged = tiny_preset(small_text) | {"stages": [{"name": "a", "until_fraction": 0.5},
+                                                   {"name": "b", "objective": {"name": "python", "path": "helpers.never_imported:f"}}]}
+    with pytest.raises(PresetError, match=r"stages.1.objective.path: .*names Python code"):
+        load_preset(staged)
+    assert "helpers.never_imported" not in sys.modules
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(raw))
+    proc = subprocess.run([sys.executable, "-m", "lmforge", "train", str(path)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "--trust-code" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------- model

@@ -166,6 +166,10 @@ class DataPipeline:
         self.batches_consumed += 1
         return batch
 
+    def position(self) -> dict[str, int]:
+        """Where this rank's stream is, for messages about a batch: the batches it has handed out so far."""
+        return {"rank": self.rank, "batches_consumed": self.batches_consumed}
+
     def close(self) -> None:
         """Stop worker processes; iterating again continues from the current state."""
         self._iter = None

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lmforge.assembly import build_run_model
+from lmforge.code_policy import code_policy
 from lmforge.config import Preset, validate_preset
 from lmforge.quant.bitnet import ternary_layers
 from lmforge.quant.packing import pack_ternary, packed_nbytes, unpack_ternary
@@ -105,7 +106,8 @@ def load_ternary(folder: Path | str, device: str | torch.device = "cpu") -> Tern
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} export (format {meta.get('format')!r})")
-    preset = validate_preset(json.loads((folder / "preset.json").read_text()))
+    with code_policy("skip"):  # the export holds weights; its training objective never runs here
+        preset = validate_preset(json.loads((folder / "preset.json").read_text()))
     model = build_run_model(preset)
     tensors = load_file(str(path))
     layers = dict(ternary_layers(model))

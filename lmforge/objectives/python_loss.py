@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, Field, field_validator
 
+from lmforge.code_policy import may_import
 from lmforge.config_base import Section
 from lmforge.objectives.base import StepContext
 from lmforge.objectives.clm import IGNORE_INDEX, add_model_terms
@@ -58,7 +59,8 @@ class PythonLossConfig(Section):
     @field_validator("path")
     @classmethod
     def _importable(cls, value: str) -> str:
-        import_function(value)  # fail at preset validation, not at step 1
+        if may_import(value):  # refused unless the user trusts the preset's code (lmforge.code_policy)
+            import_function(value)  # fail at preset validation, not at step 1
         return value
 
     @field_validator("controller")

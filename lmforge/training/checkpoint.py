@@ -13,6 +13,7 @@ writes, newest step first, and falls back past any slot that fails to verify.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,36 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 
 class CheckpointError(RuntimeError):
     """A slot that cannot be trusted (missing file, wrong size or hash, unreadable)."""
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, read-only, permissions); the slots written before are whole."""
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """OS write errors, and the ones torch.save and safetensors raise for them without an errno."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err)
+    return type(err).__name__ == "SafetensorError" or (isinstance(err, RuntimeError) and (
+        "inline_container" in text or "file write failed" in text or "PytorchStreamWriter" in text))
+
+
+def write_failure(err: BaseException, target: Path, what: str) -> CheckpointWriteError:
+    """One line: what could not be written where, why, and how much space is left there."""
+    reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err).strip().splitlines()[-1]
+    try:
+        free = shutil.disk_usage(target if target.exists() else target.parent).free
+        space = f"{free / 2**20:,.1f} MiB free there"
+    except OSError:
+        space = "free space unknown"
+    hint = "make room or fix the permissions" if isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+        else "free some space"
+    return CheckpointWriteError(f"cannot write {what} {target} ({reason}; {space}); the checkpoints written before are whole: "
+                                f"{hint} and rerun the same command to resume")
 
 
 @dataclass
@@ -74,8 +105,30 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state that hold an inf or NaN."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
 def write_slot(directory: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write one complete slot folder; `meta.json` goes last and marks it whole."""
+    """Write one complete slot folder; `meta.json` goes last and marks it whole.
+
+    A write that fails for lack of space or permission removes the half-written folder (it is only ever a
+    temporary name) and raises CheckpointWriteError.
+    """
+    try:
+        _write_slot_files(directory, model_state, train_state, meta)
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        shutil.rmtree(directory, ignore_errors=True)
+        raise write_failure(err, directory, "checkpoint slot") from None
+
+
+def _write_slot_files(directory: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> None:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
@@ -119,6 +172,9 @@ def read_slot(directory: Path, verify_hash: bool = True) -> Checkpoint:
         train_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors/zip errors have many types; any of them means "unusable"
         raise CheckpointError(f"{directory.name}: cannot load ({type(err).__name__}: {err})") from None
+    bad = nonfinite_tensors(model_state) + nonfinite_tensors(train_state.get("optimizer", {}), "optimizer")
+    if bad:  # written before saves refused them, or by another tool: resuming it would train on NaN
+        raise CheckpointError(f"{directory.name}: non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     return Checkpoint(directory.name, directory, meta, model_state, train_state)
 
 
@@ -130,6 +186,18 @@ class CheckpointManager:
 
     def _slot(self, name: str) -> Path:
         return self.directory / name
+
+    def save(self, slot: str, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path | None:
+        """Slot "rolling" rotates the rolling slots, any other name is replaced whole. A state holding inf or NaN
+        (weights or optimizer) is refused with a warning and None: a slot only ever holds a state worth resuming."""
+        bad = nonfinite_tensors(model_state) + nonfinite_tensors(train_state.get("optimizer", {}), "optimizer")
+        if bad:
+            warnings.warn(f"step {meta.get('step')}: {slot} checkpoint not written: non-finite values in "
+                          f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; the older slots stay as they are", stacklevel=2)
+            return None
+        if slot == "rolling":
+            return self.save_rolling(model_state, train_state, meta)
+        return self.save_named(slot, model_state, train_state, meta)
 
     def save_rolling(self, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -224,8 +292,14 @@ class CheckpointManager:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary name, fsync, rename: a kill leaves the old file whole."""
+    """torch.save to a temporary name, fsync, rename: a kill (or a full disk) leaves the old file whole."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    _fsync_path(tmp)
+    try:
+        torch.save(obj, tmp)
+        _fsync_path(tmp)
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise write_failure(err, path, "file") from None
     os.replace(tmp, path)

@@ -4,7 +4,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmforge.training.trainer import Trainer
 
 
 def _clean(value: Any) -> Any:
@@ -57,6 +62,32 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def train_row(trainer: "Trainer", loss: float, lr: float, metrics: dict[str, "torch.Tensor"], grad_norm: "torch.Tensor | None",
+              window_tokens: int, window_time: float) -> dict[str, Any]:
+    """One training row: loss, lr, the objective's terms, speed, MFU, schedule, stage, data and memory facts."""
+    tokens_per_sec = window_tokens / max(window_time, 1e-9)
+    row: dict[str, Any] = {
+        "step": trainer.step, "tokens": trainer.tokens, "loss": loss, "lr": lr,
+        **{k: v.item() for k, v in metrics.items()},
+        "tokens_per_sec": tokens_per_sec,
+        "elapsed": trainer.elapsed(),
+    }
+    if grad_norm is not None:
+        row["grad_norm"] = grad_norm.item()
+    if trainer.guard.active:
+        row["skipped_steps"] = trainer.guard.skipped_steps
+    schedule, at, _ = trainer.stages.schedule_at(trainer.step - 1)  # the step just taken
+    row.update(schedule.describe(at))
+    row.update(trainer.stages.describe(trainer.stage_index))
+    if trainer.flops_per_token and trainer.peak_flops:
+        per_device = tokens_per_sec / trainer.runtime.world_size
+        row["mfu"] = trainer.flops_per_token * per_device / trainer.peak_flops
+    row.update(trainer.train_data.adaptive_metrics())
+    row.update(trainer.train_data.skip_metrics())
+    row.update(trainer.runtime.memory_stats())
+    return row
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmforge.code_policy import code_policy
 from lmforge.config import Preset, validate_preset
 from lmforge.errors import PresetError
 from lmforge.training.checkpoint import CheckpointManager, read_meta
@@ -65,7 +66,8 @@ def check_resumable(saved: dict[str, Any] | None, current: dict[str, Any], slot:
     if saved is None:  # a checkpoint written before slots kept their preset
         return
     try:  # with today's defaults filled in, so a field added since the checkpoint is not a difference
-        saved = validate_preset(saved).to_dict()
+        with code_policy("skip"):  # only compared, never run
+            saved = validate_preset(saved).to_dict()
     except PresetError:
         pass
     diffs = differences(saved, current)

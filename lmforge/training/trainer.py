@@ -27,15 +27,19 @@ from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
-from lmforge.training.checkpoint import BEST, CheckpointManager, atomic_torch_save, unique_state_dict
-from lmforge.training.grad_filters import apply_grad_filters
-from lmforge.training.metrics import MetricsLogger, progress_bar
+from lmforge.training.checkpoint import (
+    BEST, Checkpoint, CheckpointManager, CheckpointWriteError, atomic_torch_save, unique_state_dict,
+)
+from lmforge.training.metrics import MetricsLogger, progress_bar, train_row
 from lmforge.training.optim import build_optimizer, set_hyperparameters
+from lmforge.training.recovery import log_skip, roll_back
 from lmforge.training.resume_check import check_run_dir
 from lmforge.training.samples import write_samples
 from lmforge.training.setup import setup_labels, setup_model, setup_tokenizer
 from lmforge.run_shape import RunShape, resolved_preset, run_shape
 from lmforge.training.signals import graceful_stop
+from lmforge.training.step_guard import StepGuard, Verdict
+from lmforge.training.update import apply_update
 from lmforge.training.stages import StagePlan, evaluate_parts, preset_union_data
 from lmforge.training.state import gather_ranks, load_model_state, rng_state, set_rng_state
 
@@ -76,6 +80,7 @@ class Trainer:
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
+        self.guard = StepGuard(tc.skip_nonfinite, tc.skip_spikes, rt)
         self.stages.check(self.model, self.optimizer)
         self.stages.apply(self.model, self.stage_index)
         self.stages.apply_optimizer_options(self.optimizer, self.stage_index)
@@ -152,7 +157,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens": self.tokens,
-            "elapsed": self._elapsed(),
+            "elapsed": self.elapsed(),
             "best_val_loss": self.best_val_loss,
             "stage": self.stage_index,  # the stage of the data position in `ranks`
             "optimizer": self.optimizer.state_dict(),
@@ -161,6 +166,7 @@ class Trainer:
             "grad_filters": [f.state_dict() for f in self.grad_filters],
             "objective": self.objective.state_dict(),  # the current stage's objective
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "guard": self.guard.state_dict(),  # skipped steps, rollbacks, the spike window
         }
 
     def _meta(self) -> dict[str, Any]:
@@ -171,19 +177,22 @@ class Trainer:
         }
 
     def save(self, slot: str = "rolling") -> None:
+        """Write a slot (rank 0); a failed write (disk full, read-only) raises CheckpointWriteError on every rank."""
         state = self._train_state()  # collective under DDP: every rank takes part
+        failure, tc = None, self.preset.train
         if self.runtime.is_main:
-            weights = unique_state_dict(self.model)
-            if slot == "rolling":
-                self.checkpoints.save_rolling(weights, state, self._meta())
-                if self.preset.train.legacy_weights_file:
-                    atomic_torch_save(weights, self.run_dir / self.preset.train.legacy_weights_file)
-            else:
-                self.checkpoints.save_named(slot, weights, state, self._meta())
-                tc = self.preset.train
-                if slot.startswith(tc.milestone_prefix):
+            try:
+                weights = unique_state_dict(self.model)
+                written = self.checkpoints.save(slot, weights, state, self._meta())  # None: refused, non-finite values
+                if written and slot == "rolling" and tc.legacy_weights_file:
+                    atomic_torch_save(weights, self.run_dir / tc.legacy_weights_file)
+                if written and slot.startswith(tc.milestone_prefix):
                     self.checkpoints.prune(tc.milestone_prefix, tc.keep_milestones)
-        self.runtime.barrier()
+            except CheckpointWriteError as err:
+                failure = str(err)
+        failure = self.runtime.broadcast_object(failure)  # also the barrier: no rank runs ahead of the write
+        if failure:
+            raise CheckpointWriteError(failure)
         for cb in self.callbacks:
             cb.on_save(self, self.step, slot)
 
@@ -192,6 +201,17 @@ class Trainer:
         ckpt = self.checkpoints.load_latest()
         if ckpt is None:
             return False
+        self.restore(ckpt)
+        if ckpt.train_state.get("guard"):
+            self.guard.load_state_dict(ckpt.train_state["guard"])
+        self.metrics.truncate_after(self.step)
+        self.resumed_from = self.step
+        if self.runtime.is_main:
+            print(f"resumed from {ckpt.slot} at step {self.step} ({self.tokens:,} tokens)", file=sys.stderr)
+        return True
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """The weights, optimizer, scaler, counters, filters, stage, objective, data position and RNG of `ckpt`."""
         st = ckpt.train_state
         if len(st["ranks"]) != self.runtime.world_size:
             raise RuntimeError(
@@ -217,30 +237,20 @@ class Trainer:
             self.objective.load_state_dict(st["objective"])
         self.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])
-        self.metrics.truncate_after(self.step)
-        self.resumed_from = self.step
-        if self.runtime.is_main:
-            print(f"resumed from {ckpt.slot} at step {self.step} ({self.tokens:,} tokens)", file=sys.stderr)
-        return True
 
     # ------------------------------------------------------------------ loop
 
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
+        """Training seconds so far, across resumes."""
         return self.elapsed_before + (time.time() - self._t_start)
 
     def wrapped_model(self) -> torch.nn.Module:
         """The module the step runs: compiled and/or DDP-wrapped; `self.model` stays the raw one we save."""
-        rt = self.runtime
-        model: torch.nn.Module = self.model
-        if rt.compile:
-            model = torch.compile(model)
-        if rt.distributed:
-            model = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
-                                            find_unused_parameters=self.stages.has_own_objectives)  # a stage's head idles elsewhere
-        return model
+        return self.runtime.wrap(self.model, find_unused_parameters=self.stages.has_own_objectives)  # a stage's head idles elsewhere
 
-    def train_step(self, model: torch.nn.Module, data_iter) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-        """One optimizer step over `grad_accum_steps` micro-batches; returns detached loss and metrics."""
+    def train_step(self, model: torch.nn.Module, data_iter) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, Verdict | None]:
+        """One optimizer step over `grad_accum_steps` micro-batches (or a skipped one: see the verdict); returns the
+        detached loss, metrics, grad norm and the step guard's verdict (None with the guard off)."""
         rt, tc = self.runtime, self.preset.train
         accum = tc.grad_accum_steps
         stage = self.stages.stages[self.stage_index]
@@ -248,6 +258,7 @@ class Trainer:
         ctx = StepContext(self.step - stage.start_step, stage.steps) if own else StepContext(self.step, self.total_steps)
         total_loss = torch.zeros((), device=rt.device)
         sums: dict[str, torch.Tensor] = {}
+        observed = []  # data.adaptive's per-source losses, reported once the step is known to be good
         for micro in range(accum):
             batch = {k: v.to(rt.device, non_blocking=True) for k, v in next(data_iter).items()}
             last = micro == accum - 1
@@ -260,17 +271,15 @@ class Trainer:
             if "source_ids" in batch:  # data.adaptive: each source's loss steers how often it is drawn
                 if per_sequence is None:
                     raise PresetError(f"data.adaptive needs an objective that reports per_sequence_loss (clm does); {self.preset.objective.name!r} does not")
-                self.train_data.observe_losses(batch["source_ids"], per_sequence, int((batch["labels"] != -100).sum()))
+                observed.append((batch["source_ids"], per_sequence, int((batch["labels"] != -100).sum())))
             total_loss += loss.detach() / accum
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32).detach() / accum
-        self.scaler.unscale_(self.optimizer)
-        apply_grad_filters(self.grad_filters, self.model, skip_nonfinite=self.scaler.is_enabled())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, sums, grad_norm
+        verdict, grad_norm = apply_update(self.model, self.optimizer, self.scaler, self.grad_filters, self.guard, tc.grad_clip, total_loss)
+        if verdict is None or verdict.apply:
+            for source_ids, per_sequence, tokens in observed:
+                self.train_data.observe_losses(source_ids, per_sequence, tokens)
+        return total_loss, sums, grad_norm, verdict
 
     def evaluate(self) -> dict[str, float]:
         """The objective's own `evaluate(model, val_batches, runtime)` when it has one (it must report val_loss), else LM metrics."""
@@ -303,12 +312,21 @@ class Trainer:
                     data_iter = iter(self.train_data)
                     if rt.distributed:  # DDP fixes the trained parameters when it wraps: wrap again after `trainable` changed
                         model = self.wrapped_model()
+                    self.guard.reset_window()
+                    self.save("rolling")  # so a rollback never has to reach into an earlier stage
                 schedule, at, stage_lr = self.stages.schedule_at(self.step)
                 lr = tc.lr * stage_lr * schedule(at)
                 set_hyperparameters(self.optimizer, lr, schedule.weight_decay_multiplier(at))
                 t0 = time.perf_counter()
-                loss, metrics, grad_norm = self.train_step(model, data_iter)
+                loss, metrics, grad_norm, verdict = self.train_step(model, data_iter)
                 self.step += 1
+                if verdict is not None and not verdict.apply:
+                    log_skip(self, verdict)
+                    if tc.rollback_after and self.guard.consecutive_bad >= tc.rollback_after:
+                        data_iter = roll_back(self, data_iter, verdict)
+                        if bar is not None:
+                            bar.n = self.step
+                        continue
                 self.tokens += self.shape.tokens_per_step
                 window_tokens += self.shape.tokens_per_step
                 if self.step % tc.log_interval == 0 or self.step == self.total_steps:
@@ -316,15 +334,15 @@ class Trainer:
                     rt.synchronize()
                     window_time += time.perf_counter() - t0
                     last_loss = loss_value
-                    row = self._log_row(loss_value, lr, metrics, grad_norm, window_tokens, window_time)
+                    row = train_row(self, loss_value, lr, metrics, grad_norm, window_tokens, window_time)
                     self.metrics.log(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}")
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step, row)
                     window_tokens, window_time = 0, 0.0
-                    if not math.isfinite(loss_value):
-                        self.request_stop(f"loss is {loss_value} at step {self.step}")
+                    if not math.isfinite(loss_value) and not tc.skip_nonfinite:
+                        self.request_stop(f"loss is {loss_value} at step {self.step} (train.skip_nonfinite is off)")
                 else:
                     window_time += time.perf_counter() - t0
                 if bar is not None:
@@ -346,7 +364,7 @@ class Trainer:
                 write_samples(self, print_them=True)
         result = TrainResult(
             self.run_dir, self.step, self.tokens, last_loss, dict(self.last_val), self.best_val_loss,
-            stop_reason, self._elapsed(), self.resumed_from,
+            stop_reason, self.elapsed(), self.resumed_from,
         )
         for cb in self.callbacks:
             cb.on_train_end(self, result)
@@ -357,7 +375,7 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.evaluate()
         self.last_val = val
-        row = {"step": self.step, "tokens": self.tokens, **self.stages.describe(self.stage_index), **val, "eval_seconds": time.perf_counter() - t0, "elapsed": self._elapsed()}
+        row = {"step": self.step, "tokens": self.tokens, **self.stages.describe(self.stage_index), **val, "eval_seconds": time.perf_counter() - t0, "elapsed": self.elapsed()}
         self.metrics.log(row)
         improved = self.best_val_loss is None or val["val_loss"] < self.best_val_loss
         if improved:
@@ -366,27 +384,6 @@ class Trainer:
             cb.on_eval(self, self.step, row)
         if improved:
             self.save(BEST)
-
-    def _log_row(self, loss: float, lr: float, metrics: dict[str, torch.Tensor], grad_norm, window_tokens: int, window_time: float) -> dict[str, Any]:
-        tokens_per_sec = window_tokens / max(window_time, 1e-9)
-        row: dict[str, Any] = {
-            "step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
-            **{k: v.item() for k, v in metrics.items()},
-            "tokens_per_sec": tokens_per_sec,
-            "elapsed": self._elapsed(),
-        }
-        if grad_norm is not None:
-            row["grad_norm"] = grad_norm.item()
-        schedule, at, _ = self.stages.schedule_at(self.step - 1)  # the step just taken
-        row.update(schedule.describe(at))
-        row.update(self.stages.describe(self.stage_index))
-        if self.flops_per_token and self.peak_flops:
-            per_device = tokens_per_sec / self.runtime.world_size
-            row["mfu"] = self.flops_per_token * per_device / self.peak_flops
-        row.update(self.train_data.adaptive_metrics())
-        row.update(self.train_data.skip_metrics())
-        row.update(self.runtime.memory_stats())
-        return row
 
 
 def train(preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:

@@ -12,3 +12,37 @@ def ce_only(logits, targets, h_states, embedding_layer, vocab_size, alpha):
 def returns_a_number(logits, targets, h_states, embedding_layer, vocab_size, alpha):
     """A broken loss: not the (loss, metrics) pair the trainer needs."""
     return 1.0
+
+
+_CALLS: dict[str, int] = {}
+
+
+def flaky(logits, targets, h_states, embedding_layer, vocab_size, alpha, tag="", bad_calls=(), bad_from=None, kind="nan"):
+    """ce_only, except on the listed calls (1-based, counted per `tag`) or on every call from `bad_from` on:
+    kind "nan" returns a NaN loss, "inf_grad" a finite loss whose gradient is infinite, "spike" 50x the loss."""
+    n = _CALLS[tag] = _CALLS.get(tag, 0) + 1
+    ce, metrics = ce_only(logits, targets, h_states, embedding_layer, vocab_size, alpha)
+    if n in bad_calls or (bad_from is not None and n >= bad_from):
+        if kind == "nan":
+            ce = ce * float("nan")
+        elif kind == "inf_grad":
+            u = logits.float().flatten()[0]
+            ce = ce + (u - u.detach()).abs().sqrt()  # value 0, d/du sqrt(|u|) at 0 is inf
+        elif kind == "spike":
+            ce = ce * 50
+    return ce, metrics
+
+
+def fills_the_disk(logits, targets, h_states, embedding_layer, vocab_size, alpha, max_file_bytes=65536):
+    """ce_only; from call $FILL_DISK_AT_CALL on (when set), no file this process writes may grow past `max_file_bytes`
+    (RLIMIT_FSIZE): the next checkpoint write fails with EFBIG, inside torch.save/safetensors, as a full disk fails
+    with ENOSPC."""
+    import os
+    import resource
+    import signal
+
+    fills_the_disk.calls = getattr(fills_the_disk, "calls", 0) + 1
+    if fills_the_disk.calls == int(os.environ.get("FILL_DISK_AT_CALL", "0")):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return ce_only(logits, targets, h_states, embedding_layer, vocab_size, alpha)

@@ -1,0 +1,142 @@
+"""A NaN, an infinite gradient or a spike never reaches the weights; runs of them roll back; slots stay finite."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_preset
+from lmforge.config import load_preset
+from lmforge.training.checkpoint import ROLLING, CheckpointManager, nonfinite_tensors, read_slot, write_slot
+from lmforge.training.metrics import read_metrics
+from lmforge.training.trainer import Trainer, train
+
+
+def _flaky(small_text, tag, steps=40, objective_options=None, **train):
+    raw = tiny_preset(small_text, max_steps=steps, save_interval=10, eval_interval=10, **train)
+    raw["objective"] = {"name": "python", "path": "helpers.my_losses:flaky", "options": {"tag": tag, **(objective_options or {})}}
+    return load_preset(raw, trust_code=True)
+
+
+def _all_slots_finite(run_dir) -> None:
+    manager = CheckpointManager(run_dir / "checkpoints")
+    for _, path in manager.candidates():
+        ckpt = read_slot(path)
+        assert not nonfinite_tensors(ckpt.model_state), path.name
+        assert not nonfinite_tensors(ckpt.train_state["optimizer"]), path.name
+
+
+def test_nan_loss_at_step_23_is_skipped_and_the_run_reaches_step_40(small_text, tmp_path):
+    """The issue's report: a loss that is NaN once, at step 23 of 40, used to stop the run and poison lm_current."""
+    result = train(_flaky(small_text, "nan23", objective_options={"bad_calls": [23]}), tmp_path)
+    assert result.steps == 40 and result.stop_reason == "completed"
+    rows = read_metrics(tmp_path)
+    skips = [r for r in rows if "skipped_step" in r]
+    assert [r["step"] for r in skips] == [23] and "loss is nan" in skips[0]["skipped_step"]
+    assert skips[0]["data_position"] == {"rank": 0, "batches_consumed": 23}
+    last = [r for r in rows if "tokens_per_sec" in r][-1]
+    assert last["step"] == 40 and last["skipped_steps"] == 1 and last["loss"] == last["loss"]  # finite, not NaN
+    assert read_slot(tmp_path / "checkpoints" / "lm_current").train_state["guard"]["skipped_steps"] == 1
+    _all_slots_finite(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf_grad"])
+def test_a_bad_step_changes_no_parameter_and_no_optimizer_state(small_text, tmp_path, kind):
+    """A NaN loss, or a finite loss with an infinite gradient: weights and Adam's moments and step count untouched."""
+    trainer = Trainer(_flaky(small_text, f"unchanged-{kind}", objective_options={"bad_calls": [3], "kind": kind}), tmp_path)
+    model, data = trainer.wrapped_model(), iter(trainer.train_data)
+    for _ in range(2):
+        trainer.train_step(model, data)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    optim = {i: {k: v.clone() for k, v in s.items()} for i, s in enumerate(trainer.optimizer.state.values())}
+    _, _, grad_norm, verdict = trainer.train_step(model, data)
+    assert not verdict.apply and verdict.skip_reason.startswith("loss is nan" if kind == "nan" else "grad norm is")
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())
+    after = {i: s for i, s in enumerate(trainer.optimizer.state.values())}
+    assert all(torch.equal(v, after[i][k]) for i, s in optim.items() for k, v in s.items())
+    assert all(p.grad is None for p in trainer.model.parameters())
+    _, _, _, verdict = trainer.train_step(model, data)  # the next good step trains as usual
+    assert verdict.apply and not any(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+
+
+def test_five_bad_steps_in_a_row_roll_back_past_their_batches(small_text, tmp_path):
+    """Steps 23-27 fail; after the fifth the run reloads the step-20 checkpoint and skips the 7 batches since it."""
+    result = train(_flaky(small_text, "rollback", objective_options={"bad_calls": [23, 24, 25, 26, 27]}), tmp_path)
+    assert result.steps == 40 and result.stop_reason == "completed"
+    rows = read_metrics(tmp_path)
+    rollback = [r for r in rows if "rollback_from_step" in r]
+    assert len(rollback) == 1 and rollback[0]["step"] == 20 and rollback[0]["rollback_from_step"] == 27
+    assert rollback[0]["rollback_batches_skipped"] == 7 and rollback[0]["skipped_steps"] == 5
+    steps = [r["step"] for r in rows if "tokens_per_sec" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # steps never repeat in metrics.jsonl
+    state = read_slot(tmp_path / "checkpoints" / "lm_current").train_state
+    assert state["guard"]["rollbacks"] == 1 and state["guard"]["skipped_steps"] == 5
+    assert state["ranks"][0]["data"]["batches_consumed"] == 40 + 7  # the failed batches were never trained on again
+    _all_slots_finite(tmp_path)
+
+
+def test_a_run_that_cannot_get_past_stops_naming_the_step_and_data_position(small_text, tmp_path):
+    result = train(_flaky(small_text, "stuck", objective_options={"bad_from": 23}, max_rollbacks=2), tmp_path)
+    # steps 23-27 fail, back to step 20 past batch 27; 21-25 fail, back past batch 32; 21-25 fail (batches 33-37): stop
+    assert result.stop_reason.startswith("stuck: 5 bad steps in a row up to step 25 at data position "
+                                         "{'rank': 0, 'batches_consumed': 37} (loss is nan); 2 rollbacks in a row"), result.stop_reason
+    rollbacks = [r for r in read_metrics(tmp_path) if "rollback_from_step" in r]
+    assert [r["rollback_batches_skipped"] for r in rollbacks] == [7, 12]
+    _all_slots_finite(tmp_path)
+
+
+def test_spikes_are_skipped_when_asked(small_text, tmp_path):
+    spiky = {"objective_options": {"bad_calls": [30], "kind": "spike"}, "skip_spikes": {"window": 16, "min_history": 8, "sigma": 6}}
+    train(_flaky(small_text, "spike", **spiky), tmp_path / "on")
+    skips = [r for r in read_metrics(tmp_path / "on") if "skipped_step" in r]
+    assert [r["step"] for r in skips] == [30] and skips[0]["skipped_step"].startswith("loss spike")
+    train(_flaky(small_text, "spike-off", objective_options={"bad_calls": [30], "kind": "spike"}), tmp_path / "off")
+    assert not any("skipped_step" in r for r in read_metrics(tmp_path / "off"))  # off by default
+
+
+def test_with_the_guard_off_a_nan_still_stops_the_run_and_no_slot_takes_the_nan_weights(small_text, tmp_path):
+    preset = _flaky(small_text, "guard-off", objective_options={"bad_calls": [23]}, skip_nonfinite=False, log_interval=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(preset, tmp_path)
+    assert result.stop_reason.startswith("loss is nan at step 23")
+    assert any("checkpoint not written: non-finite values" in str(w.message) for w in caught)
+    assert json.loads((tmp_path / "checkpoints" / "lm_current" / "meta.json").read_text())["step"] == 20
+    _all_slots_finite(tmp_path)
+
+
+def test_loading_skips_a_slot_with_non_finite_weights(tmp_path):
+    """A slot written by an older lmforge (or another tool) holding NaN weights: the previous slot is resumed instead."""
+    manager = CheckpointManager(tmp_path)
+    good = {"w": torch.ones(3)}
+    write_slot(tmp_path / ROLLING[1], good, {"step": 10, "optimizer": {}}, {"step": 10})
+    write_slot(tmp_path / ROLLING[0], {"w": torch.tensor([1.0, float("nan"), 1.0])}, {"step": 20, "optimizer": {}}, {"step": 20})
+    with pytest.warns(UserWarning, match="lm_current is unusable.*non-finite values in w"):
+        ckpt = manager.load_latest()
+    assert ckpt.slot == ROLLING[1] and torch.equal(ckpt.model_state["w"], good["w"])
+
+
+def test_a_disk_that_fills_mid_run_ends_it_with_one_line_and_the_earlier_slots_whole(small_text, tmp_path):
+    """From step 15 on no file may grow past 64 KiB: the step-20 checkpoint write fails inside safetensors. The run
+    exits 74 with one line naming the slot, the reason and the free space; the step-10 slot resumes."""
+    raw = tiny_preset(small_text, max_steps=30, save_interval=10, eval_interval=100, legacy_weights_file=None)
+    raw["objective"] = {"name": "python", "path": "helpers.my_losses:fills_the_disk"}
+    preset, run_dir = tmp_path / "preset.json", tmp_path / "run"
+    preset.write_text(json.dumps(raw))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "lmforge", "train", str(preset), "--run-dir", str(run_dir), "--trust-code", "--train.progress_bar", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**env, "FILL_DISK_AT_CALL": "15"}, timeout=300)
+    assert proc.returncode == 74, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lmforge: error:")]
+    assert len(errors) == 1 and "lm_next" in errors[0] and "File too large" in errors[0] and "MiB free there" in errors[0]
+    slots = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert slots == ["lm_current"]  # the half-written lm_next is gone
+    assert CheckpointManager(run_dir / "checkpoints").load_latest().meta["step"] == 10
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0 and "resumed from lm_current at step 10" in proc.stderr, proc.stderr  # room again: resumes
