@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the commands that need them
 
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: the disk filled up or turned read-only; the run resumes once it is fixed
+EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: another process of the run died; a restart resumes
 
 
 def parse_dotted_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.training.checkpoint import DISK_ERRNOS, CheckpointError, CheckpointWriteError, write_failure
     from lmforge.training.run_dir import RunDirError
     from lmforge.training.run_dir import default_run_dir as preset_run_dir
+    from lmforge.runtime import is_peer_failure
     from lmforge.training.trainer import train
 
     try:
@@ -80,6 +82,13 @@ def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
         return _fail(str(err))
     except CheckpointWriteError as err:
         return _fail(str(err), EXIT_WRITE_FAILED) if int(os.environ.get("RANK", "0")) == 0 else EXIT_WRITE_FAILED
+    except RuntimeError as err:
+        if not is_peer_failure(err):
+            raise
+        rank = os.environ.get("RANK", "0")
+        first = str(err).strip().splitlines()[0][:300]
+        return _fail(f"process {rank} lost another process of this run ({first}); the checkpoints are whole: restart with "
+                     f"the same number of processes to resume from the newest one", EXIT_PEER_LOST)
     except OSError as err:
         if err.errno not in DISK_ERRNOS:
             raise

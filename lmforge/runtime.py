@@ -131,6 +131,18 @@ class Runtime:
             dist.destroy_process_group()
 
 
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+              "Timed out", "timed out", "Socket Timeout", "DistNetworkError")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective failed because another process of the run died or stopped answering (not a bug in this one)."""
+    if isinstance(err, (dist.DistNetworkError, dist.DistBackendError)):
+        return True
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # the group may be gone by now: ask torchrun's environment
+    return isinstance(err, RuntimeError) and distributed and any(p in str(err) for p in _PEER_LOST)
+
+
 def _pick_device(requested: str) -> torch.device:
     if requested != "auto":
         return torch.device(requested)

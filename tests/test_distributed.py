@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -56,3 +57,52 @@ def test_torchrun_train_cli_writes_once_and_resumes(tmp_path, small_text):
     proc = _torchrun(2, "-m", "lmforge", "train", str(path), "--run-dir", str(run), "--train.max_steps", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, 9))
+
+
+def test_a_nan_on_one_rank_is_skipped_by_both_and_a_rollback_keeps_them_in_step(tmp_path, small_text):
+    """Rank 1 alone returns NaN at steps 4 and 7-8: every rank skips those steps (one verdict from the all-reduced
+    loss and grad norm), and after two in a row both roll back to step 6 together and finish."""
+    preset = tiny_preset(small_text, max_steps=12, save_interval=3, eval_interval=100, rollback_after=2)
+    preset["objective"] = {"name": "python", "path": "helpers.my_losses:flaky",
+                           "options": {"tag": "ddp", "bad_calls": [4, 7, 8], "only_rank": 1}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    run = tmp_path / "run"
+    env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "lmforge", "train", str(path), "--run-dir", str(run), "--trust-code"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": env_path})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "skipped_step" in r] == [4]  # steps 7-8 were rolled back past: their rows went
+    rollback = [r for r in rows if "rollback_from_step" in r]
+    assert len(rollback) == 1 and rollback[0]["step"] == 6 and rollback[0]["rollback_from_step"] == 8
+    ckpt = CheckpointManager(run / "checkpoints").load_latest()
+    assert ckpt.meta["step"] == 12 and ckpt.train_state["guard"]["skipped_steps"] == 3
+    assert all(r["data"]["batches_consumed"] == 12 + 2 for r in ckpt.train_state["ranks"])  # both skipped batches 7-8
+    assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+
+
+def test_a_rank_that_dies_ends_the_run_quickly_with_one_line_and_a_restart_resumes(tmp_path, small_text):
+    """Rank 1 is SIGKILLed at its 7th step: rank 0's next collective fails, it says so in one line (no traceback of
+    its own) and torchrun ends the run within seconds, not at a collective timeout; a restart resumes."""
+    preset = tiny_preset(small_text, max_steps=12, save_interval=3, eval_interval=100)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "helpers" / "soak_train.py"), str(path), str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**env, "SOAK_KILL_AT_STEP": "7", "SOAK_KILL_RANK": "1"})
+    took = time.perf_counter() - t0
+    assert proc.returncode != 0 and took < 90, (proc.returncode, took)
+    lines = [line for line in proc.stderr.splitlines() if "lmforge: error: process 0 lost another process" in line]
+    assert len(lines) == 1 and "restart with the same number of processes" in lines[0], proc.stderr[-3000:]
+    assert "[rank0]: Traceback" not in proc.stderr
+    assert CheckpointManager(run / "checkpoints").load_latest().meta["step"] == 6
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert proc.returncode == 0 and "resumed from lm_current at step 6" in proc.stderr, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run) if "tokens_per_sec" in r] == list(range(1, 13))

@@ -17,12 +17,17 @@ def returns_a_number(logits, targets, h_states, embedding_layer, vocab_size, alp
 _CALLS: dict[str, int] = {}
 
 
-def flaky(logits, targets, h_states, embedding_layer, vocab_size, alpha, tag="", bad_calls=(), bad_from=None, kind="nan"):
-    """ce_only, except on the listed calls (1-based, counted per `tag`) or on every call from `bad_from` on:
-    kind "nan" returns a NaN loss, "inf_grad" a finite loss whose gradient is infinite, "spike" 50x the loss."""
+def flaky(logits, targets, h_states, embedding_layer, vocab_size, alpha, tag="", bad_calls=(), bad_from=None, kind="nan",
+          only_rank=None):
+    """ce_only, except on the listed calls (1-based, counted per `tag`) or on every call from `bad_from` on, and
+    only on process `only_rank` when set: kind "nan" returns a NaN loss, "inf_grad" a finite loss whose gradient
+    is infinite, "spike" 50x the loss."""
+    import os
+
     n = _CALLS[tag] = _CALLS.get(tag, 0) + 1
     ce, metrics = ce_only(logits, targets, h_states, embedding_layer, vocab_size, alpha)
-    if n in bad_calls or (bad_from is not None and n >= bad_from):
+    mine = only_rank is None or int(os.environ.get("RANK", "0")) == only_rank
+    if mine and (n in bad_calls or (bad_from is not None and n >= bad_from)):
         if kind == "nan":
             ce = ce * float("nan")
         elif kind == "inf_grad":
