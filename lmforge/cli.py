@@ -78,6 +78,8 @@ def cmd_train(ns: argparse.Namespace, extra: list[str]) -> int:
         return _fail(f"invalid preset {ns.preset!r}:\n  " + str(err).replace("\n", "\n  "))
     try:
         result = train(preset, ns.run_dir)
+    except PresetError as err:  # found once the data is known (the vocabulary), e.g. a model too big for the device
+        return _fail(f"invalid preset {ns.preset!r}:\n  " + str(err).replace("\n", "\n  "))
     except (DataError, RunDirError, CheckpointError) as err:
         return _fail(str(err))
     except CheckpointWriteError as err:

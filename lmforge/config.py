@@ -46,8 +46,8 @@ class SkipSpikesConfig(Section):
 class TrainConfig(Section):
     """The optimisation loop: budget, optimiser, precision, logging and checkpoint cadence."""
 
-    batch_size: int = Field(12, ge=1, description="micro-batch size per process, in sequences")
-    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    batch_size: int = Field(12, ge=1, le=1_048_576, description="micro-batch size per process, in sequences")
+    grad_accum_steps: int = Field(1, ge=1, le=65_536, description="micro-batches per optimizer step")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = derive from train_tokens")
     train_tokens: int | None = Field(None, ge=1, description="token budget (all processes); used when max_steps is None")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -77,7 +77,7 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise-reproducible resume on GPU)")
     log_interval: int = Field(10, ge=1, description="steps between metrics rows")
     eval_interval: int = Field(250, ge=1, description="steps between validations")
-    eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
+    eval_batches: int = Field(20, ge=1, le=1_000_000, description="validation batches per evaluation")
     save_interval: int = Field(250, ge=1, description="steps between rolling checkpoints")
     early_stopping_patience: int = Field(0, ge=0, description="evaluations without val improvement before stopping; 0 = off")
     early_stopping_min_delta: float = Field(0.0, ge=0)
@@ -288,7 +288,7 @@ def _validate_component(registry: Registry, key: str, spec: Any, path: tuple, pr
         problems.append(f"{'.'.join(map(str, path))}: must be an object with a {key!r} key")
         return None
     name = spec[key]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         problems.append(f"{'.'.join(map(str, path + (key,)))}: unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
         return None
     cls = registry.config_class(name)

@@ -88,6 +88,19 @@ class Runtime:
         except (ImportError, OSError):
             return {}
 
+    def available_memory(self) -> int | None:
+        """Bytes free for this process's tensors: the accelerator's free memory, or MemAvailable on CPU (None: unknown)."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        if self.device.type != "cpu":
+            return None
+        try:
+            with open("/proc/meminfo") as f:
+                line = next(line for line in f if line.startswith("MemAvailable:"))
+            return int(line.split()[1]) * 1024
+        except (OSError, StopIteration, ValueError):
+            return None
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -4,7 +4,7 @@
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0): on machines that
 # carry a local CPU wheel of that version pip takes it instead of downloading a multi-GB CUDA
 # build; elsewhere pip fetches the normal build for the platform. pyproject.toml itself only
-# asks for torch>=2.4, so an existing torch is kept.
+# asks for torch>=2.9, so an existing torch of at least that version is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,6 +13,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c "import lmforge, pytest, tensorboard, datasets, h5py, pypdf, transformers, lm_eval, matplotlib" 2>/dev/null; then
+if ! .venv/bin/python -c "import lmforge, pytest, hypothesis, tensorboard, datasets, h5py, pypdf, transformers, lm_eval, matplotlib" 2>/dev/null; then
   .venv/bin/pip install --quiet -e ".[dev]"
 fi

@@ -21,7 +21,7 @@ class TokenizerConfig(Section):
     """Which tokenizer turns text into ids; char and bpe are built from the data once per run dir."""
 
     type: Literal["byte", "char", "bpe", "pretrained", "ids"] = "byte"
-    vocab_size: int = Field(8192, ge=2, description="bpe: target vocabulary size (256 bytes + eos + merges, >= 259); ids: the task's ids")
+    vocab_size: int = Field(8192, ge=2, le=16_777_216, description="bpe: target vocabulary size (256 bytes + eos + merges, >= 259); ids: the task's ids")
     path: str | None = Field(
         None, description="char: vocab.json, loaded if it exists, else built from the data and written there; pretrained: tokenizer.json"
     )
@@ -66,7 +66,7 @@ class DataConfig(Section):
         "row with its own per-token labels (the algorithmic task sources) (see data/supervised.py)"
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    seq_length: int | None = Field(None, ge=1, description="tokens per training sequence; None = the model's block_size")
+    seq_length: int | None = Field(None, ge=1, le=16_777_216, description="tokens per training sequence; None = the model's block_size")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     quality_threshold: float | None = Field(
         None, description="drop documents whose metadata.quality is below this (documents without a quality are kept); None = off"
@@ -79,8 +79,8 @@ class DataConfig(Section):
     cache_size: int = Field(
         1000, ge=0, description="decoded samples kept per map-style source (binary windows, hdf5 rows) in an LRU cache, per reader; 0 = off"
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 = read in the training process")
-    shuffle_buffer: int = Field(1024, ge=0, description="packed blocks held for shuffling; 0 = no shuffling")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes per rank; 0 = read in the training process")
+    shuffle_buffer: int = Field(1024, ge=0, le=16_777_216, description="packed blocks held for shuffling; 0 = no shuffling")
     seed: int = 1337
 
     @model_validator(mode="after")

@@ -32,12 +32,12 @@ class GPTConfig(Section):
     """The `model` section of a preset for `arch: gpt`. Defaults are a tiny CPU-sized Llama-style model."""
 
     arch: Literal["gpt"] = Field("gpt", description="registered model name")
-    vocab_size: int | None = Field(None, ge=1, description="token count; None = taken from the tokenizer by the trainer")
-    n_layer: int = Field(4, ge=1, description="transformer blocks")
-    n_head: int = Field(4, ge=1, description="query heads per attention layer")
-    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (GQA); must divide n_head; None = n_head")
-    n_embd: int = Field(128, ge=1, description="residual width; divisible by n_head")
-    block_size: int = Field(256, ge=1, description="maximum context length in tokens")
+    vocab_size: int | None = Field(None, ge=1, le=16_777_216, description="token count; None = taken from the tokenizer by the trainer")
+    n_layer: int = Field(4, ge=1, le=4096, description="transformer blocks")
+    n_head: int = Field(4, ge=1, le=4096, description="query heads per attention layer")
+    n_kv_head: int | None = Field(None, ge=1, le=4096, description="key/value heads (GQA); must divide n_head; None = n_head")
+    n_embd: int = Field(128, ge=1, le=131072, description="residual width; divisible by n_head")
+    block_size: int = Field(256, ge=1, le=16_777_216, description="maximum context length in tokens")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residual branches")
     bias: bool = Field(False, description="biases in Linear layers and LayerNorm")
     pos_embedding: Literal["rope", "learned"] = Field("rope", description="rotary (RoPE) or a learned position table")

@@ -23,12 +23,12 @@ class VGTConfig(Section):
     """The `model` section for `arch: vgt`: the seed's depth and dropout; a CPU-sized default width (the seed's 768 is in configs/forge_vgt.json)."""
 
     arch: Literal["vgt"] = Field("vgt", description="registered model name")
-    vocab_size: int | None = Field(None, ge=1, description="token count; None = taken from the tokenizer by the trainer")
-    n_layer: int = Field(8, ge=1, description="GRU residual blocks (the seed's '8L')")
-    n_embd: int = Field(256, ge=1, description="residual width = GRU input and hidden size")
+    vocab_size: int | None = Field(None, ge=1, le=16_777_216, description="token count; None = taken from the tokenizer by the trainer")
+    n_layer: int = Field(8, ge=1, le=4096, description="GRU residual blocks (the seed's '8L')")
+    n_embd: int = Field(256, ge=1, le=131072, description="residual width = GRU input and hidden size")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on each block's GRU output (seed: 0.05)")
     block_size: int = Field(
-        256, ge=1,
+        256, ge=1, le=16_777_216,
         description="context window in tokens: the default training seq_length, and how much history generation keeps "
         "(the GRU itself has no length limit)",
     )

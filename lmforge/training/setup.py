@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from lmforge.assembly import build_run_model
-from lmforge.config import Preset
+from lmforge.config import Preset, PresetError
 from lmforge.data import build_tokenizer, iter_texts
 from lmforge.data.config import DataConfig
 from lmforge.data.stream import train_documents
@@ -43,9 +43,33 @@ def setup_labels(preset: Preset, run_dir: Path, runtime: Runtime) -> LabelVocab 
     return LabelVocab.load(run_dir)
 
 
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, fp32 gradients, AdamW's two fp32 moments
+
+
+def check_model_fits(resolved: Preset, runtime: Runtime) -> None:
+    """A model too big for the device is a PresetError that says so, not an allocator crash or the OOM killer.
+
+    The model is built on the meta device (no memory, no RNG) to count its parameters; activations come on top,
+    so this only catches what can never fit.
+    """
+    free = runtime.available_memory()
+    if free is None:
+        return
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_run_model(resolved).parameters())
+    need = params * TRAINING_BYTES_PER_PARAM
+    if need > free:
+        raise PresetError(
+            f"model: {params:,} parameters need about {need / 2**30:,.1f} GiB for weights, gradients and optimizer "
+            f"state, and {runtime.device} has {free / 2**30:,.1f} GiB free; make the model smaller (model.n_layer, "
+            "model.n_embd, ...)"
+        )
+
+
 def setup_model(resolved: Preset, runtime: Runtime) -> torch.nn.Module:
     """The run's model from its resolved preset, the same init on every rank (seeded), with `train.init_from`'s
     weights when set (a checkpoint of this run, if any, replaces them on resume)."""
+    check_model_fits(resolved, runtime)
     seed_everything(resolved.train.seed)
     model = build_run_model(resolved)
     if resolved.train.init_from:

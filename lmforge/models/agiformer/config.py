@@ -13,11 +13,11 @@ class AgiformerConfig(Section):
     """A byte-level patch model: causal soft patching -> hybrid attention/memory blocks -> ACT -> local decoder."""
 
     arch: Literal["agiformer"] = Field("agiformer", description="registered model name")
-    vocab_size: int | None = Field(None, ge=1, description="byte vocabulary (256 with the byte tokenizer); None = from the tokenizer")
-    n_embd: int = Field(128, ge=8, description="width of byte embeddings, patch latents and decoder states")
-    n_layer: int = Field(2, ge=1, description="HybridBlocks over the patch sequence")
-    n_head: int = Field(4, ge=1, description="heads of the windowed attention and of the Hebbian memory")
-    block_size: int = Field(512, ge=4, description="context window in bytes (training seq_length default, generation window)")
+    vocab_size: int | None = Field(None, ge=1, le=16_777_216, description="byte vocabulary (256 with the byte tokenizer); None = from the tokenizer")
+    n_embd: int = Field(128, ge=8, le=131072, description="width of byte embeddings, patch latents and decoder states")
+    n_layer: int = Field(2, ge=1, le=4096, description="HybridBlocks over the patch sequence")
+    n_head: int = Field(4, ge=1, le=4096, description="heads of the windowed attention and of the Hebbian memory")
+    block_size: int = Field(512, ge=4, le=16_777_216, description="context window in bytes (training seq_length default, generation window)")
     patch_size: int = Field(4, ge=1, description="bytes per patch = conv stride (seed: 4)")
     patch_kernel: int = Field(6, ge=1, description="conv kernel in bytes; kernel - stride bytes of the previous patch overlap (seed: 6)")
     attn_window: int = Field(32, ge=1, description="sliding attention window in patches (the current one included)")
