@@ -90,6 +90,9 @@ class TrainConfig(Section):
     milestone_prefix: str = Field("step_", min_length=1, description="milestone slot name = prefix + step, e.g. 'vgt_8L_step_' (seed 000)")
     keep_milestones: int = Field(3, ge=1, description="newest milestone snapshots kept")
     progress_bar: bool = True
+    async_save: bool = Field(
+        False, description="snapshot checkpoints into host memory and write them in a background thread (same files, same crash-safety)"
+    )
     legacy_weights_file: str | None = Field(
         "simple_lm_trained.pth", description="also mirror the newest weights to this file in the run dir (seed 002); None = off"
     )

@@ -140,3 +140,26 @@ def test_a_disk_that_fills_mid_run_ends_it_with_one_line_and_the_earlier_slots_w
     assert CheckpointManager(run_dir / "checkpoints").load_latest().meta["step"] == 10
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0 and "resumed from lm_current at step 10" in proc.stderr, proc.stderr  # room again: resumes
+
+
+def test_async_save_writes_the_same_slots_and_a_kill_during_its_write_keeps_the_earlier_ones(small_text, tmp_path):
+    raw = tiny_preset(small_text, max_steps=12, save_interval=3, eval_interval=100)
+    train(load_preset(raw), tmp_path / "sync")
+    raw["train"]["async_save"] = True
+    train(load_preset(raw), tmp_path / "async")
+    losses = {name: {r["step"]: r["loss"] for r in read_metrics(tmp_path / name) if "tokens_per_sec" in r} for name in ("sync", "async")}
+    assert losses["sync"] == losses["async"]
+    for slot in ROLLING:  # the same slots, written from the background thread
+        a, b = (read_slot(tmp_path / name / "checkpoints" / slot) for name in ("sync", "async"))
+        assert a.meta["step"] == b.meta["step"] and all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+        assert a.train_state["optimizer"]["state"].keys() == b.train_state["optimizer"]["state"].keys()
+    # SIGKILL from inside the background write of the second save (the 7th fsync: 5 per rolling save)
+    preset, run = tmp_path / "preset.json", tmp_path / "killed"
+    preset.write_text(json.dumps(raw))
+    cmd = [sys.executable, str(REPO / "tests" / "helpers" / "soak_train.py"), str(preset), str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "SOAK_KILL_AT_FSYNC": "7"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert CheckpointManager(run / "checkpoints").load_latest().meta["step"] == 3
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and "resumed from lm_current at step 3" in proc.stderr, proc.stderr[-2000:]
+    assert {r["step"]: r["loss"] for r in read_metrics(run) if "tokens_per_sec" in r} == losses["sync"]

@@ -34,6 +34,7 @@ def roll_back(trainer: "Trainer", data_iter: Iterator, verdict: Verdict) -> Iter
     step between, or has no checkpoint, is asked to stop with the step and data position in the reason.
     """
     guard, bad_at, position = trainer.guard, trainer.step, trainer.train_data.position()
+    trainer.writer.wait()  # an async save still being written is the newest checkpoint
     ckpt = trainer.checkpoints.load_latest()
     if ckpt is None or guard.rollbacks_in_a_row >= trainer.preset.train.max_rollbacks:
         why = "no checkpoint to roll back to" if ckpt is None else f"{guard.rollbacks_in_a_row} rollbacks in a row did not get past it"

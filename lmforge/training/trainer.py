@@ -28,8 +28,9 @@ from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
 from lmforge.training.checkpoint import (
-    BEST, Checkpoint, CheckpointManager, CheckpointWriteError, atomic_torch_save, unique_state_dict,
+    BEST, Checkpoint, CheckpointManager, CheckpointWriteError, unique_state_dict,
 )
+from lmforge.training.checkpoint_writer import CheckpointWriter
 from lmforge.training.metrics import MetricsLogger, progress_bar, train_row
 from lmforge.training.optim import build_optimizer, set_hyperparameters
 from lmforge.training.recovery import log_skip, roll_back
@@ -68,6 +69,7 @@ class Trainer:
         self.shape: RunShape = run_shape(preset, rt.world_size, self.tokenizer.vocab_size)
         self.resolved = resolved_preset(preset, self.shape)  # saved beside the run and in every checkpoint slot
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
+        self.writer = CheckpointWriter(self.checkpoints, tc, self.run_dir)
         check_run_dir(self.checkpoints, self.resolved, self.run_dir)  # before preset.json is rewritten
         if rt.is_main:
             run_dir_lib.save_preset(self.run_dir, self.resolved)
@@ -98,6 +100,7 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.elapsed_before = 0.0
+        self._t_start = time.time()  # fit() restarts the clock; set here so a save before fit() works
         self.best_val_loss: float | None = None
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
@@ -179,15 +182,10 @@ class Trainer:
     def save(self, slot: str = "rolling") -> None:
         """Write a slot (rank 0); a failed write (disk full, read-only) raises CheckpointWriteError on every rank."""
         state = self._train_state()  # collective under DDP: every rank takes part
-        failure, tc = None, self.preset.train
+        failure = None
         if self.runtime.is_main:
             try:
-                weights = unique_state_dict(self.model)
-                written = self.checkpoints.save(slot, weights, state, self._meta())  # None: refused, non-finite values
-                if written and slot == "rolling" and tc.legacy_weights_file:
-                    atomic_torch_save(weights, self.run_dir / tc.legacy_weights_file)
-                if written and slot.startswith(tc.milestone_prefix):
-                    self.checkpoints.prune(tc.milestone_prefix, tc.keep_milestones)
+                self.writer.save(slot, unique_state_dict(self.model), state, self._meta())  # now, or in the background
             except CheckpointWriteError as err:
                 failure = str(err)
         failure = self.runtime.broadcast_object(failure)  # also the barrier: no rank runs ahead of the write
@@ -357,6 +355,7 @@ class Trainer:
                     self.save(f"{tc.milestone_prefix}{self.step}")
         if bar is not None:
             bar.close()
+        self.writer.wait()  # an async save in flight is on disk before the run reports
         stop_reason = self._stop_reason or "completed"
         if rt.is_main:
             print(f"stopped at step {self.step}: {stop_reason}", file=sys.stderr)
@@ -392,6 +391,8 @@ def train(preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable
     try:
         return trainer.fit()
     finally:
+        with contextlib.suppress(CheckpointWriteError):  # let a background write finish (its error is not the story)
+            trainer.writer.wait()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.runtime.shutdown()

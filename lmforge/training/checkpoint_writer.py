@@ -1,0 +1,72 @@
+"""Who writes a checkpoint, and when: now, in the training thread, or in one background thread (`train.async_save`).
+
+An async save snapshots the weights and the train state into host memory (the only part that blocks the loop),
+then writes the very same slot files, through the very same rotation, from a background thread: a kill during
+the write leaves every earlier slot whole, as a sync save does. One write is in flight at a time; the next save,
+a rollback, and the end of the run wait for it, and a failed background write is raised there (CheckFreq's
+snapshot-then-persist split, Mohan et al. 2021; torch.distributed.checkpoint.async_save does the same for DCP).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.training.checkpoint import CheckpointManager, CheckpointWriteError, atomic_torch_save
+
+
+def snapshot(value: Any) -> Any:
+    """A host-memory copy of every tensor in a (nested) state, so training can go on changing the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes slots with the run's extras (the legacy weights mirror, milestone pruning), sync or in the background."""
+
+    def __init__(self, manager: CheckpointManager, train_cfg: Any, run_dir: Path):
+        self.manager, self.cfg, self.run_dir = manager, train_cfg, run_dir
+        self.background = bool(train_cfg.async_save)
+        self._thread: threading.Thread | None = None
+        self._error: CheckpointWriteError | None = None
+
+    def save(self, slot: str, weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Write now, or snapshot and write in the background; raises an earlier background write's failure."""
+        self.wait()
+        if not self.background:
+            self._write(slot, weights, state, meta)
+            return
+        weights, state = snapshot(weights), snapshot(state)
+        self._thread = threading.Thread(target=self._write_catching, args=(slot, weights, state, meta),
+                                        name=f"lmforge-save-{slot}", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its CheckpointWriteError, once."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write_catching(self, slot: str, weights: dict, state: dict, meta: dict) -> None:
+        try:
+            self._write(slot, weights, state, meta)
+        except CheckpointWriteError as err:
+            self._error = err
+
+    def _write(self, slot: str, weights: dict, state: dict, meta: dict) -> None:
+        cfg = self.cfg
+        written = self.manager.save(slot, weights, state, meta)  # None: refused, non-finite values
+        if written and slot == "rolling" and cfg.legacy_weights_file:
+            atomic_torch_save(weights, self.run_dir / cfg.legacy_weights_file)
+        if written and slot.startswith(cfg.milestone_prefix):
+            self.manager.prune(cfg.milestone_prefix, cfg.keep_milestones)
