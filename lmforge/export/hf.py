@@ -27,14 +27,19 @@ class ExportError(ValueError):
 
 
 def hf_style(cfg: GPTConfig) -> str:
-    """'llama' or 'gpt2', or an ExportError naming the fields to change."""
+    """'llama', 'deepseek_v3' (MLA) or 'gpt2', or an ExportError naming the fields to change."""
     if cfg.pos_embedding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu":
+        if cfg.attention == "mla":
+            if cfg.bias:
+                raise ExportError("DeepseekV3's MLP has no biases: export an MLA model with model.bias false, or use --format safetensors")
+            return "deepseek_v3"
         return "llama"
     if cfg.pos_embedding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu":
         return "gpt2"
     raise ExportError(
         f"no Hugging Face architecture for pos_embedding={cfg.pos_embedding}, norm={cfg.norm}, mlp={cfg.mlp}: "
-        "export supports rope+rmsnorm+swiglu (Llama) and learned+layernorm+gelu (GPT-2); use --format safetensors"
+        "export supports rope+rmsnorm+swiglu (Llama; DeepseekV3 with attention mla) and learned+layernorm+gelu "
+        "(GPT-2); use --format safetensors"
     )
 
 
@@ -78,6 +83,64 @@ def llama_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], Pretrai
             gate, up = getattr(block.mlp.c_fc, name).chunk(2, dim=0)
             sd[p + f"mlp.gate_proj.{name}"], sd[p + f"mlp.up_proj.{name}"] = gate, up
             sd[p + f"mlp.down_proj.{name}"] = getattr(block.mlp.c_proj, name)
+    return sd, config
+
+
+def _flip_rope_rows(w: torch.Tensor, start: int, rope_dim: int) -> torch.Tensor:
+    """Negate rows start + rope_dim/2 .. start + rope_dim (the second half of a RoPE part) of a weight or bias."""
+    w = w.clone()
+    w[start + rope_dim // 2 : start + rope_dim] *= -1
+    return w
+
+
+def deepseek_v3_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], PretrainedConfig]:
+    """DeepseekV3ForCausalLM's state dict and config for an MLA model: dense (first_k_dense_replace = every layer,
+    so no MoE), rope_interleave off (lmforge's half-split RoPE), the RoPE rows of q and of the shared key sign-fixed."""
+    from transformers import DeepseekV3Config
+
+    c, m = model.config, model.config.mla_sizes
+    nope, rd, vd, nh = m["qk_nope_head_dim"], m["qk_rope_head_dim"], m["v_head_dim"], c.n_head
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scale != 1.0:
+        rope = {"rope_type": "linear", "rope_theta": c.rope_theta, "factor": 1.0 / c.rope_scale}
+    config = DeepseekV3Config(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden_dim, num_hidden_layers=c.n_layer,
+        num_attention_heads=nh, num_key_value_heads=nh, kv_lora_rank=m["kv_lora_rank"], q_lora_rank=m["q_lora_rank"],
+        qk_rope_head_dim=rd, qk_nope_head_dim=nope, v_head_dim=vd, first_k_dense_replace=c.n_layer, hidden_act="silu",
+        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, rope_parameters=rope, rope_interleave=False,
+        tie_word_embeddings=c.tie_embeddings, attention_bias=c.bias, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight}
+    if not c.tie_embeddings:
+        sd["lm_head.weight"] = model.lm_head.weight
+
+    def flip_q(w: torch.Tensor) -> torch.Tensor:
+        w = w.clone().view(nh, nope + rd, *w.shape[1:])
+        w[:, nope + rd // 2 :] *= -1
+        return w.view(nh * (nope + rd), *w.shape[2:])
+
+    for i, block in enumerate(model.blocks):
+        p, a = f"model.layers.{i}.", block.attn
+        sd[p + "input_layernorm.weight"] = block.ln_1.weight
+        sd[p + "post_attention_layernorm.weight"] = block.ln_2.weight
+        if a.low_rank_q:
+            sd[p + "self_attn.q_a_proj.weight"] = a.q_a_proj.weight
+            sd[p + "self_attn.q_a_layernorm.weight"] = a.q_a_norm.weight
+            sd[p + "self_attn.q_b_proj.weight"] = flip_q(a.q_b_proj.weight)
+        else:
+            sd[p + "self_attn.q_proj.weight"] = flip_q(a.q_proj.weight)
+        sd[p + "self_attn.kv_a_proj_with_mqa.weight"] = _flip_rope_rows(a.kv_a_proj.weight, m["kv_lora_rank"], rd)
+        sd[p + "self_attn.kv_a_layernorm.weight"] = a.kv_a_norm.weight
+        sd[p + "self_attn.kv_b_proj.weight"] = a.kv_b_proj.weight
+        sd[p + "self_attn.o_proj.weight"] = a.c_proj.weight
+        if c.bias:
+            if a.low_rank_q:
+                sd[p + "self_attn.q_a_proj.bias"] = a.q_a_proj.bias
+            sd[p + "self_attn.kv_a_proj_with_mqa.bias"] = _flip_rope_rows(a.kv_a_proj.bias, m["kv_lora_rank"], rd)
+            sd[p + "self_attn.o_proj.bias"] = a.c_proj.bias
+        gate, up = block.mlp.c_fc.weight.chunk(2, dim=0)
+        sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"] = gate, up
+        sd[p + "mlp.down_proj.weight"] = block.mlp.c_proj.weight
     return sd, config
 
 
@@ -130,13 +193,15 @@ def gpt2_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], Pretrain
 @torch.no_grad()
 def to_hf_model(model: GPT) -> torch.nn.Module:
     """A transformers LlamaForCausalLM or GPT2LMHeadModel (fp32, eval mode) with `model`'s weights."""
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    from transformers import DeepseekV3ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
 
     if not isinstance(model, GPT):
         raise ExportError(f"--format hf exports `gpt` models only (got {type(model).__name__}); use --format safetensors")
     style = hf_style(model.config)
-    sd, config = (llama_state_and_config if style == "llama" else gpt2_state_and_config)(model)
-    hf = (LlamaForCausalLM if style == "llama" else GPT2LMHeadModel)(config)
+    build, cls = {"llama": (llama_state_and_config, LlamaForCausalLM), "gpt2": (gpt2_state_and_config, GPT2LMHeadModel),
+                  "deepseek_v3": (deepseek_v3_state_and_config, DeepseekV3ForCausalLM)}[style]
+    sd, config = build(model)
+    hf = cls(config)
     missing, unexpected = hf.load_state_dict({k: v.detach().float().contiguous() for k, v in sd.items()}, strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")]

@@ -1,4 +1,4 @@
-"""Import a Hugging Face Llama or GPT-2 checkpoint as an lmforge `gpt`: the inverse of export/hf.py's mapping.
+"""Import a Hugging Face Llama, GPT-2 or dense DeepseekV3 (MLA) checkpoint as an lmforge `gpt`: export/hf.py backwards.
 
 The q/k sign flip of the RoPE convention is its own inverse, so the same
 `_flip_rope_half` undoes it. GPT-2 always has biases and no GQA, so a GPT-2
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.export.hf import ExportError, _flip_rope_half
+from lmforge.export.hf import ExportError, _flip_rope_half, _flip_rope_rows
 from lmforge.models.gpt import GPT, GPTConfig
 
 
@@ -25,6 +25,17 @@ def _refuse(message: str) -> None:
     raise HFImportError(f"cannot import as an lmforge gpt: {message}")
 
 
+def _rope(hf: object) -> tuple[float, float]:
+    """(rope_theta, lmforge's rope_scale) of a Llama-style config; other RoPE types are refused."""
+    rope = dict(getattr(hf, "rope_parameters", None) or {})
+    theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
+    if rope.get("rope_type", "default") == "linear":
+        return theta, 1.0 / rope["factor"]
+    if rope.get("rope_type", "default") != "default":
+        _refuse(f"rope_type {rope.get('rope_type')!r} (lmforge has default and linear RoPE)")
+    return theta, 1.0
+
+
 def llama_gpt_config(hf: object) -> GPTConfig:
     """GPTConfig computing what LlamaConfig `hf` does."""
     if hf.hidden_act != "silu":
@@ -32,13 +43,7 @@ def llama_gpt_config(hf: object) -> GPTConfig:
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     if head_dim * hf.num_attention_heads != hf.hidden_size:
         _refuse(f"head_dim {head_dim} * {hf.num_attention_heads} heads != hidden_size {hf.hidden_size}")
-    rope = dict(getattr(hf, "rope_parameters", None) or {})
-    theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
-    scale = 1.0
-    if rope.get("rope_type", "default") == "linear":
-        scale = 1.0 / rope["factor"]
-    elif rope.get("rope_type", "default") != "default":
-        _refuse(f"rope_type {rope.get('rope_type')!r} (lmforge has default and linear RoPE)")
+    theta, scale = _rope(hf)
     return GPTConfig(
         vocab_size=hf.vocab_size, n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads,
         n_kv_head=hf.num_key_value_heads, n_embd=hf.hidden_size, block_size=hf.max_position_embeddings,
@@ -47,6 +52,30 @@ def llama_gpt_config(hf: object) -> GPTConfig:
         # swiglu_hidden_dim rounds int(2/3 * ratio * n_embd) up to multiple_of: this makes it intermediate_size exactly
         mlp_ratio=1.5 * hf.intermediate_size / hf.hidden_size, multiple_of=hf.intermediate_size,
         tie_embeddings=bool(hf.tie_word_embeddings), norm_eps=hf.rms_norm_eps,
+    )
+
+
+def deepseek_v3_gpt_config(hf: object) -> GPTConfig:
+    """GPTConfig (attention mla) computing what a dense DeepseekV3Config `hf` does; MoE layers are refused."""
+    if hf.first_k_dense_replace < hf.num_hidden_layers:
+        _refuse(f"{hf.num_hidden_layers - hf.first_k_dense_replace} MoE layers (lmforge imports dense DeepseekV3: "
+                "first_k_dense_replace = num_hidden_layers)")
+    if hf.rope_interleave:
+        _refuse("rope_interleave true (lmforge's RoPE rotates channel halves; export sets it false)")
+    if hf.attention_bias:
+        _refuse("attention_bias true (lmforge's MLP would need biases DeepseekV3's has not)")
+    if hf.hidden_act != "silu":
+        _refuse(f"hidden_act {hf.hidden_act!r} (lmforge's swiglu uses silu)")
+    if hf.hidden_size % hf.num_attention_heads:
+        _refuse(f"hidden_size {hf.hidden_size} not divisible by {hf.num_attention_heads} heads")
+    theta, scale = _rope(hf)
+    return GPTConfig(
+        vocab_size=hf.vocab_size, n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads, n_embd=hf.hidden_size,
+        block_size=hf.max_position_embeddings, bias=False, pos_embedding="rope", rope_theta=theta, rope_scale=scale,
+        norm="rmsnorm", mlp="swiglu", mlp_ratio=1.5 * hf.intermediate_size / hf.hidden_size, multiple_of=hf.intermediate_size,
+        tie_embeddings=bool(hf.tie_word_embeddings), norm_eps=hf.rms_norm_eps, attention="mla",
+        mla={"kv_lora_rank": hf.kv_lora_rank, "q_lora_rank": hf.q_lora_rank, "qk_nope_head_dim": hf.qk_nope_head_dim,
+             "qk_rope_head_dim": hf.qk_rope_head_dim, "v_head_dim": hf.v_head_dim},
     )
 
 
@@ -92,6 +121,39 @@ def llama_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torc
     return out
 
 
+def deepseek_v3_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torch.Tensor]:
+    """lmforge state from a dense DeepseekV3ForCausalLM's: export's mapping run backwards (the flips undo themselves)."""
+    m, nh = c.mla_sizes, c.n_head
+    nope, rd = m["qk_nope_head_dim"], m["qk_rope_head_dim"]
+
+    def flip_q(w: torch.Tensor) -> torch.Tensor:
+        w = w.clone().view(nh, nope + rd, *w.shape[1:])
+        w[:, nope + rd // 2 :] *= -1
+        return w.view(nh * (nope + rd), *w.shape[2:])
+
+    out = {"wte.weight": sd["model.embed_tokens.weight"], "ln_f.weight": sd["model.norm.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(c.n_layer):
+        p, q = f"model.layers.{i}.", f"blocks.{i}."
+        at = p + "self_attn."
+        out[q + "ln_1.weight"] = sd[p + "input_layernorm.weight"]
+        out[q + "ln_2.weight"] = sd[p + "post_attention_layernorm.weight"]
+        if m["q_lora_rank"] is None:
+            out[q + "attn.q_proj.weight"] = flip_q(sd[at + "q_proj.weight"])
+        else:
+            out[q + "attn.q_a_proj.weight"] = sd[at + "q_a_proj.weight"]
+            out[q + "attn.q_a_norm.weight"] = sd[at + "q_a_layernorm.weight"]
+            out[q + "attn.q_b_proj.weight"] = flip_q(sd[at + "q_b_proj.weight"])
+        out[q + "attn.kv_a_proj.weight"] = _flip_rope_rows(sd[at + "kv_a_proj_with_mqa.weight"], m["kv_lora_rank"], rd)
+        out[q + "attn.kv_a_norm.weight"] = sd[at + "kv_a_layernorm.weight"]
+        out[q + "attn.kv_b_proj.weight"] = sd[at + "kv_b_proj.weight"]
+        out[q + "attn.c_proj.weight"] = sd[at + "o_proj.weight"]
+        out[q + "mlp.c_fc.weight"] = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
+        out[q + "mlp.c_proj.weight"] = sd[p + "mlp.down_proj.weight"]
+    return out
+
+
 def gpt2_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torch.Tensor]:
     """lmforge state from GPT2LMHeadModel's: Conv1D (in, out) weights transposed back to Linear (out, in)."""
     out = {
@@ -117,9 +179,10 @@ def load_hf_state(path: Path | str) -> tuple[GPTConfig, dict[str, torch.Tensor]]
 
     path = str(path)
     hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    kinds = {"llama": (llama_gpt_config, llama_gpt_state), "gpt2": (gpt2_gpt_config, gpt2_gpt_state)}
+    kinds = {"llama": (llama_gpt_config, llama_gpt_state), "gpt2": (gpt2_gpt_config, gpt2_gpt_state),
+             "deepseek_v3": (deepseek_v3_gpt_config, deepseek_v3_gpt_state)}
     if hf_config.model_type not in kinds:
-        _refuse(f"model_type {hf_config.model_type!r} (supported: llama, gpt2)")
+        _refuse(f"model_type {hf_config.model_type!r} (supported: {', '.join(kinds)})")
     make_config, make_state = kinds[hf_config.model_type]
     cfg = make_config(hf_config)
     hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -24,8 +24,13 @@ def flops_per_token(config: "GPTConfig", n_params_nonembedding: int, seq_len: in
       weighted sum of v, each 2 * n_head * head_dim * seq_len FLOPs per token
       forward, x3 with backward. Counted over the full context as PaLM does
       (no halving for the causal mask), and over query heads, so GQA doesn't
-      change it.
+      change it. MLA's scores run over its qk size (nope + rope) and its sum
+      over v_head_dim: `6 * n_layer * n_head * (qk + v) * seq_len`.
     """
     head = 6 * config.n_embd * config.vocab_size if config.tie_embeddings else 0
-    attention = 12 * config.n_layer * config.n_head * config.head_dim * seq_len
+    qk = v = config.head_dim
+    if config.attention == "mla":
+        m = config.mla_sizes
+        qk, v = m["qk_nope_head_dim"] + m["qk_rope_head_dim"], m["v_head_dim"]
+    attention = 6 * config.n_layer * config.n_head * (qk + v) * seq_len
     return float(6 * n_params_nonembedding + head + attention)

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmforge.config_base import Section
 from lmforge.models.flops import flops_per_token
@@ -24,8 +24,26 @@ from lmforge.models.layers import (
     build_norm,
     swiglu_hidden_dim,
 )
+from lmforge.models.mla import LatentKVCache, MultiHeadLatentAttention
 from lmforge.models.output import ModelOutput
 from lmforge.registry import MODELS
+
+
+class MLAConfig(Section):
+    """`model.mla`, for `attention: "mla"` (DeepSeek-V2's names); None = scaled like DeepSeek-V2 from head_dim."""
+
+    kv_lora_rank: int | None = Field(None, ge=1, le=131072, description="KV latent width (the cache); None = 4 * head_dim (V2: 512 = 4 * 128)")
+    q_lora_rank: int | None = Field(None, ge=1, le=131072, description="query bottleneck width; None = no query compression (V2-Lite)")
+    qk_nope_head_dim: int | None = Field(None, ge=1, le=4096, description="per-head key/query channels without position; None = head_dim")
+    qk_rope_head_dim: int | None = Field(None, ge=2, le=4096, description="decoupled RoPE key/query channels, shared key; even; None = head_dim / 2")
+    v_head_dim: int | None = Field(None, ge=1, le=4096, description="per-head value channels; None = head_dim")
+
+    @field_validator("qk_rope_head_dim")
+    @classmethod
+    def _even(cls, value: int | None) -> int | None:
+        if value is not None and value % 2:
+            raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates channel pairs), got {value}")
+        return value
 
 
 class GPTConfig(Section):
@@ -37,6 +55,11 @@ class GPTConfig(Section):
     n_head: int = Field(4, ge=1, le=4096, description="query heads per attention layer")
     n_kv_head: int | None = Field(None, ge=1, le=4096, description="key/value heads (GQA); must divide n_head; None = n_head")
     n_embd: int = Field(128, ge=1, le=131072, description="residual width; divisible by n_head")
+    attention: Literal["mha", "gqa", "mla"] = Field(
+        "mha", description="mha (n_kv_head = n_head, or GQA when n_kv_head is set), gqa (n_kv_head required), "
+        "mla (DeepSeek-V2 multi-head latent attention, options in `mla`)"
+    )
+    mla: MLAConfig = Field(default_factory=MLAConfig, description="MLA sizes (attention: mla)")
     block_size: int = Field(256, ge=1, le=16_777_216, description="maximum context length in tokens")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residual branches")
     bias: bool = Field(False, description="biases in Linear layers and LayerNorm")
@@ -67,9 +90,33 @@ class GPTConfig(Section):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
-        if self.pos_embedding == "rope" and self.head_dim % 2:
-            raise ValueError(f"pos_embedding 'rope' needs an even head size n_embd/n_head (got {self.head_dim})")
+        if self.attention == "gqa" and (self.n_kv_head is None or self.n_kv_head == self.n_head):
+            raise ValueError("attention 'gqa' needs n_kv_head smaller than n_head")
+        if self.attention == "mla":
+            if self.pos_embedding != "rope":
+                raise ValueError("attention 'mla' needs pos_embedding 'rope' (its decoupled RoPE key carries position)")
+            if self.n_kv_head is not None:
+                raise ValueError("attention 'mla' has no n_kv_head: every head reads the shared latent (set mla.kv_lora_rank)")
+        elif self.mla != MLAConfig():
+            raise ValueError(f"model.mla is set but attention is {self.attention!r}; set attention 'mla'")
+        if self.pos_embedding == "rope" and self.rope_dim % 2:
+            raise ValueError(f"pos_embedding 'rope' needs an even rotary size (got {self.rope_dim})")
         return self
+
+    @property
+    def rope_dim(self) -> int:
+        """Channels RoPE rotates per head: the head size, or MLA's decoupled RoPE part."""
+        return self.mla_sizes["qk_rope_head_dim"] if self.attention == "mla" else self.head_dim
+
+    @property
+    def mla_sizes(self) -> dict[str, int | None]:
+        """MLA's sizes with DeepSeek-V2's ratios filled in (its 128-channel heads: nope 128, rope 64, latent 512)."""
+        m, hs = self.mla, self.head_dim
+        return {
+            "kv_lora_rank": m.kv_lora_rank or 4 * hs, "q_lora_rank": m.q_lora_rank,
+            "qk_nope_head_dim": m.qk_nope_head_dim or hs, "qk_rope_head_dim": m.qk_rope_head_dim or max(2, hs // 2 // 2 * 2),
+            "v_head_dim": m.v_head_dim or hs,
+        }
 
     @property
     def head_dim(self) -> int:
@@ -104,7 +151,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, C)
         self.wpe = nn.Embedding(config.block_size, C) if config.pos_embedding == "learned" else None
         self.rotary = (
-            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta, config.rope_scale)
+            RotaryEmbedding(config.rope_dim, config.block_size, config.rope_theta, config.rope_scale)
             if config.pos_embedding == "rope" else None
         )
         self.drop = nn.Dropout(config.dropout)
@@ -125,8 +172,12 @@ class GPT(nn.Module):
 
     def _make_block(self, i: int) -> Block:
         c = self.config
+        if c.attention == "mla":
+            attn: nn.Module = MultiHeadLatentAttention(c.n_embd, c.n_head, i, bias=c.bias, dropout=c.dropout, **c.mla_sizes)
+        else:
+            attn = CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout)
         return Block(
-            attn=CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout),
+            attn=attn,
             mlp=build_mlp(c.mlp, c.n_embd, c.mlp_hidden_dim, c.bias, c.dropout),
             ln_1=build_norm(c.norm, c.n_embd, c.norm_eps, c.bias),
             ln_2=build_norm(c.norm, c.n_embd, c.norm_eps, c.bias),
@@ -172,11 +223,16 @@ class GPT(nn.Module):
         max_len: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-    ) -> KVCache:
-        """An empty KV cache for up to `max_len` (default block_size) positions, on the weights' dtype/device."""
+    ) -> KVCache | LatentKVCache:
+        """An empty KV cache for up to `max_len` (default block_size) positions, on the weights' dtype/device
+        (MLA: the latent cache)."""
         c = self.config
         max_len = min(max_len or c.block_size, c.block_size)
         ref = self.wte.weight
+        if c.attention == "mla":
+            m = c.mla_sizes
+            return LatentKVCache(c.n_layer, batch_size, max_len, m["kv_lora_rank"], m["qk_rope_head_dim"],
+                                 dtype=dtype or ref.dtype, device=device if device is not None else ref.device)
         return KVCache(
             c.n_layer, batch_size, c.kv_heads, max_len, c.head_dim,
             dtype=dtype or ref.dtype, device=device if device is not None else ref.device,

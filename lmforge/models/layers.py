@@ -123,6 +123,10 @@ class KVCache:
         """Forget every position (the buffers are reused, not zeroed: `length` bounds what is read)."""
         self.length = 0
 
+    def bytes_per_token(self) -> int:
+        """Cache bytes per token, all layers together (keys and values of every KV head)."""
+        return sum(t.element_size() * t.size(1) * t.size(-1) for t in (*self.k, *self.v))
+
 
 # ---------------------------------------------------------------------------- attention
 
