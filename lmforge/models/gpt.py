@@ -24,6 +24,7 @@ from lmforge.models.layers import (
     build_norm,
     swiglu_hidden_dim,
 )
+from lmforge.models.linear_attention import LinearAttention, LinearAttentionCache
 from lmforge.models.mla import LatentKVCache, MultiHeadLatentAttention
 from lmforge.models.output import ModelOutput
 from lmforge.registry import MODELS
@@ -46,6 +47,14 @@ class MLAConfig(Section):
         return value
 
 
+class LinearAttentionConfig(Section):
+    """`model.linear`, for `attention: "linear"` (lmforge/models/linear_attention.py)."""
+
+    feature_map: Literal["elu", "favor"] = Field("elu", description="elu: elu(x)+1 (Katharopoulos 2020); favor: Performer FAVOR+ random features")
+    n_features: int | None = Field(None, ge=1, le=65536, description="favor: random features per head; None = 2 * head_dim")
+    chunk_size: int = Field(64, ge=1, le=4096, description="positions per chunk of the causal prefix-sum form")
+
+
 class GPTConfig(Section):
     """The `model` section of a preset for `arch: gpt`. Defaults are a tiny CPU-sized Llama-style model."""
 
@@ -55,11 +64,12 @@ class GPTConfig(Section):
     n_head: int = Field(4, ge=1, le=4096, description="query heads per attention layer")
     n_kv_head: int | None = Field(None, ge=1, le=4096, description="key/value heads (GQA); must divide n_head; None = n_head")
     n_embd: int = Field(128, ge=1, le=131072, description="residual width; divisible by n_head")
-    attention: Literal["mha", "gqa", "mla"] = Field(
+    attention: Literal["mha", "gqa", "mla", "linear"] = Field(
         "mha", description="mha (n_kv_head = n_head, or GQA when n_kv_head is set), gqa (n_kv_head required), "
-        "mla (DeepSeek-V2 multi-head latent attention, options in `mla`)"
+        "mla (DeepSeek-V2 multi-head latent attention, options in `mla`), linear (kernelized O(T) attention, options in `linear`)"
     )
     mla: MLAConfig = Field(default_factory=MLAConfig, description="MLA sizes (attention: mla)")
+    linear: LinearAttentionConfig = Field(default_factory=LinearAttentionConfig, description="linear attention options (attention: linear)")
     block_size: int = Field(256, ge=1, le=16_777_216, description="maximum context length in tokens")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residual branches")
     bias: bool = Field(False, description="biases in Linear layers and LayerNorm")
@@ -99,6 +109,10 @@ class GPTConfig(Section):
                 raise ValueError("attention 'mla' has no n_kv_head: every head reads the shared latent (set mla.kv_lora_rank)")
         elif self.mla != MLAConfig():
             raise ValueError(f"model.mla is set but attention is {self.attention!r}; set attention 'mla'")
+        if self.attention == "linear" and self.n_kv_head is not None:
+            raise ValueError("attention 'linear' has no n_kv_head")
+        if self.attention != "linear" and self.linear != LinearAttentionConfig():
+            raise ValueError(f"model.linear is set but attention is {self.attention!r}; set attention 'linear'")
         if self.pos_embedding == "rope" and self.rope_dim % 2:
             raise ValueError(f"pos_embedding 'rope' needs an even rotary size (got {self.rope_dim})")
         return self
@@ -174,6 +188,9 @@ class GPT(nn.Module):
         c = self.config
         if c.attention == "mla":
             attn: nn.Module = MultiHeadLatentAttention(c.n_embd, c.n_head, i, bias=c.bias, dropout=c.dropout, **c.mla_sizes)
+        elif c.attention == "linear":
+            attn = LinearAttention(c.n_embd, c.n_head, i, c.linear.feature_map, c.linear.n_features, c.linear.chunk_size,
+                                   bias=c.bias, dropout=c.dropout)
         else:
             attn = CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout)
         return Block(
@@ -229,6 +246,9 @@ class GPT(nn.Module):
         c = self.config
         max_len = min(max_len or c.block_size, c.block_size)
         ref = self.wte.weight
+        if c.attention == "linear":
+            attn = self.blocks[0].attn
+            return LinearAttentionCache(c.n_layer, batch_size, c.n_head, attn.n_features, c.head_dim, max_len, device=ref.device)
         if c.attention == "mla":
             m = c.mla_sizes
             return LatentKVCache(c.n_layer, batch_size, max_len, m["kv_lora_rank"], m["qk_rope_head_dim"],
