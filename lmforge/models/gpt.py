@@ -68,6 +68,8 @@ class GPTConfig(Section):
         "mha", description="mha (n_kv_head = n_head, or GQA when n_kv_head is set), gqa (n_kv_head required), "
         "mla (DeepSeek-V2 multi-head latent attention, options in `mla`), linear (kernelized O(T) attention, options in `linear`)"
     )
+    causal: bool = Field(True, description="false = bidirectional (BERT-style, no mask: for mlm and mask_diffusion); "
+                         "a stage can switch it with model_settings {\"causal\": ...}")
     mla: MLAConfig = Field(default_factory=MLAConfig, description="MLA sizes (attention: mla)")
     linear: LinearAttentionConfig = Field(default_factory=LinearAttentionConfig, description="linear attention options (attention: linear)")
     block_size: int = Field(256, ge=1, le=16_777_216, description="maximum context length in tokens")
@@ -170,6 +172,7 @@ class GPT(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._make_block(i) for i in range(config.n_layer))
+        self.set_causal(config.causal)
         self.ln_f = build_norm(config.norm, C, config.norm_eps, config.bias)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -206,6 +209,13 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def set_causal(self, causal: bool) -> None:
+        """Causal (each position sees the ones before it) or bidirectional attention, in every layer; a stage's
+        `model_settings: {"causal": false}` calls this, so one run can pretrain one way and fine-tune the other."""
+        self.config.causal = bool(causal)
+        for block in self.blocks:
+            block.attn.causal = bool(causal)
+
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding (objectives that align hidden states with it, e.g. forge, read it here)."""
         return self.wte
@@ -215,6 +225,9 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
         """Logits for every position of input_ids (B, T); with a cache, T new tokens after the cached ones."""
         B, T = input_ids.shape
+        if cache is not None and not self.config.causal:
+            raise ValueError("a bidirectional model (model.causal false) has no left-to-right decoding: every position "
+                             "reads the ones after it; sample it with diffusion sampling (a mask_diffusion run)")
         offset = cache.length if cache is not None else 0
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of {offset + T} tokens exceeds block_size ({self.config.block_size})")

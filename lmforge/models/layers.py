@@ -143,6 +143,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
         self.layer_idx = layer_idx  # which slot of a KVCache this layer owns
         self.dropout = dropout
+        self.causal = True  # False: bidirectional (BERT-style, every position sees every other); GPT.set_causal
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -170,13 +171,13 @@ class CausalSelfAttention(nn.Module):
         # is_causal aligns the mask top-left, which is right only when queries and keys start together.
         # With cached keys: one query sees everything; several need the mask shifted by the offset.
         mask = None
-        if offset > 0 and T > 1:
+        if self.causal and offset > 0 and T > 1:
             mask = torch.ones(T, offset + T, dtype=torch.bool, device=q.device).tril(diagonal=offset)  # (T, offset+T)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=offset == 0 and T > 1,
+            is_causal=self.causal and offset == 0 and T > 1,
             enable_gqa=nkv != nh,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C)

@@ -77,6 +77,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.c_proj = nn.Linear(n_head * v_head_dim, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.scale = qk_dim ** -0.5
+        self.causal = True  # False: bidirectional; GPT.set_causal
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.low_rank_q:
@@ -106,11 +107,11 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, nh, S, rd)], dim=-1)  # (B, nh, S, nope+rope)
         q = torch.cat([q_nope, q_rope], dim=-1)
         mask = None
-        if offset > 0 and T > 1:
+        if self.causal and offset > 0 and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=offset == 0 and T > 1, scale=self.scale,
+            is_causal=self.causal and offset == 0 and T > 1, scale=self.scale,
         )  # (B, nh, T, v)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * vd)
         return self.resid_dropout(self.c_proj(y))
