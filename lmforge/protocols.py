@@ -7,7 +7,7 @@ no-op defaults for its optional hooks, so an objective that subclasses it states
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,8 @@ class RunContext(Protocol):
 
 class Objective(ABC):
     """`objective(model, batch, ctx) -> (loss, metrics)`; the other methods are optional hooks with no-op defaults."""
+
+    left_to_right: ClassVar[bool] = True  # False: it trains a model that is not sampled token by token (mlm, mask_diffusion)
 
     @abstractmethod
     def __call__(self, model: nn.Module, batch: Batch, ctx: StepContextLike) -> tuple[torch.Tensor, Metrics]:

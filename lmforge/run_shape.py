@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from lmforge.config import Preset
 from lmforge.errors import PresetError
+from lmforge.objectives.base import ReservingObjectiveConfig
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,20 @@ def sequence_length(preset: Preset) -> int:
     return preset.data.seq_length or preset.model.block_size
 
 
+def reserved_ids(preset: Preset) -> int:
+    """Token ids the run's objectives (its own and its stages') need beyond the tokenizer's, e.g. a [MASK]."""
+    objectives = [preset.objective] + [s.objective for s in preset.stages or [] if s.objective is not None]
+    return max((o.reserved_ids for o in objectives if isinstance(o, ReservingObjectiveConfig)), default=0)
+
+
 def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape:
     """The shape of `preset` trained by `world_size` processes with a tokenizer of `tokenizer_vocab` ids."""
     model, tc = preset.model, preset.train
-    vocab = model.vocab_size if model.vocab_size is not None else tokenizer_vocab
-    if vocab < tokenizer_vocab:
-        raise PresetError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's ({tokenizer_vocab}); remove it to use {tokenizer_vocab}")
+    needed = tokenizer_vocab + reserved_ids(preset)
+    vocab = model.vocab_size if model.vocab_size is not None else needed
+    if vocab < needed:
+        extra = f" plus the objective's {needed - tokenizer_vocab} reserved id (its [MASK])" if needed > tokenizer_vocab else ""
+        raise PresetError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's {tokenizer_vocab}{extra}; remove it to use {needed}")
     seq = sequence_length(preset)
     if seq > model.block_size:
         raise PresetError(f"data.seq_length ({seq}) exceeds model.block_size ({model.block_size})")

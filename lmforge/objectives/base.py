@@ -2,6 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from lmforge.config_base import Section
+
+
+class ReservingObjectiveConfig(Section):
+    """An objective config whose objective needs token ids beyond the tokenizer's: a [MASK] id for the masked
+    objectives. The run's vocabulary grows by `reserved_ids`, and those ids are the last ones (mask = vocab - 1)."""
+
+    reserved_ids: ClassVar[int] = 1
 
 
 @dataclass

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
 
 
 def write_samples(trainer: "Trainer", print_them: bool) -> list[str]:
+    """Left-to-right samples of each prompt; none for a model its objective does not train to decode that way."""
+    if not trainer.objective.left_to_right:
+        if print_them:
+            print(f"(no left-to-right samples: objective {trainer.preset.objective.name!r} trains a bidirectional model)", flush=True)
+        return []
     cfg = trainer.preset.samples
     tok = trainer.tokenizer
     sampling = SamplingConfig(

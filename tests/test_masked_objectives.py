@@ -1,0 +1,113 @@
+"""mask_diffusion (MDLM) against its exact NELBO, enumerated over every mask set; mlm's BERT masking; the [MASK] id."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_preset
+from lmforge.config import PresetError, load_preset
+from lmforge.models import GPT, GPTConfig
+from lmforge.models.output import ModelOutput
+from lmforge.objectives import StepContext
+from lmforge.objectives.masked import MaskDiffusion, MaskDiffusionConfig, MaskedLM, MLMConfig, subs_log_probs
+from lmforge.training.trainer import train
+
+V, L = 4, 6  # 3 real tokens + [MASK] (id 3); 2^6 = 64 mask sets
+
+
+def _model() -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, block_size=L, causal=False)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+def exact_nelbo(model: GPT, x: torch.Tensor) -> float:
+    """sum over mask sets M != {} of (|M|-1)! (L-|M|)! / L! * sum_{i in M} -log p(x_i | x without M)."""
+    total = 0.0
+    for k in range(1, L + 1):
+        weight = math.factorial(k - 1) * math.factorial(L - k) / math.factorial(L)
+        for positions in itertools.combinations(range(L), k):
+            masked = torch.zeros(1, L, dtype=torch.bool)
+            masked[0, list(positions)] = True
+            with torch.no_grad():
+                logp = subs_log_probs(model(x.masked_fill(masked, V - 1)).logits, V - 1)
+            total += weight * -logp[0, list(positions), x[0, list(positions)]].sum().item()
+    return total
+
+
+def test_the_monte_carlo_loss_converges_to_the_exact_nelbo():
+    model, x = _model(), torch.tensor([[0, 2, 1, 1, 0, 2]])
+    exact = exact_nelbo(model, x) / L  # per token
+    objective = MaskDiffusion(MaskDiffusionConfig(eps=1e-6))
+    torch.manual_seed(1)
+    batch = {"input_ids": x.repeat(64, 1)}
+    with torch.no_grad():
+        samples = torch.tensor([objective(model, batch, StepContext(0, 1))[0].item() for _ in range(300)])
+    mean, stderr = samples.mean().item(), samples.std().item() / math.sqrt(len(samples))
+    assert abs(mean - exact) < 4 * stderr, (mean, exact, stderr)
+    assert stderr < 0.02 * exact  # the test can fail: the estimate is tight
+
+
+def test_a_uniform_model_gives_exactly_log_v_per_token():
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return ModelOutput(logits=torch.zeros(*ids.shape, V), hidden_states=None)
+
+    x = torch.tensor([[0, 2, 1, 1, 0, 2]])
+    assert exact_nelbo(Uniform(), x) / L == pytest.approx(math.log(V - 1), abs=1e-6)  # log of the tokenizer vocabulary (SUBS drops [MASK]), to fp32
+
+
+def test_antithetic_t_is_stratified_and_the_mask_logit_is_never_predicted():
+    from lmforge.objectives.masked import draw_t
+
+    t = draw_t(8, MaskDiffusionConfig(), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert sorted(((t - 1e-3) / (1 - 1e-3) * 8).floor().long().tolist()) == list(range(8))  # one per stratum
+    assert torch.isinf(subs_log_probs(torch.randn(2, 3, V), V - 1)[..., V - 1]).all()
+    lo, hi = 0.15, 0.9
+    t = draw_t(1000, MaskDiffusionConfig(mask_range=(lo, hi), antithetic=False), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert lo <= t.min() and t.max() <= hi
+
+
+def test_mlm_masks_bert_style_and_scores_only_the_chosen():
+    model = _model()
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def get_input_embeddings(self):
+            return model.get_input_embeddings()
+
+        def forward(self, ids):
+            seen["ids"] = ids
+            return model(ids)
+
+    spy = Spy()
+
+    torch.manual_seed(0)
+    x = torch.randint(0, V - 1, (256, L))
+    loss, metrics = MaskedLM(MLMConfig(mask_rate=0.5))(spy, {"input_ids": x}, StepContext(0, 1))
+    changed = seen["ids"] != x
+    assert 0.45 < metrics["chosen_rate"] < 0.55
+    assert abs((seen["ids"] == V - 1).float().mean().item() - 0.5 * 0.8) < 0.03  # 80% of the chosen -> [MASK]
+    assert changed.float().mean() < 0.5  # 10% keep their token
+    assert torch.isfinite(loss)
+
+
+def test_mask_diffusion_trains_a_bidirectional_gpt_with_one_reserved_id(small_text, tmp_path):
+    raw = tiny_preset(small_text, max_steps=4, eval_interval=4)
+    raw["model"]["causal"] = False
+    raw["objective"] = {"name": "mask_diffusion"}
+    result = train(load_preset(raw), tmp_path)
+    assert result.steps == 4 and math.isfinite(result.final_loss)
+    from lmforge.inference import load_run
+
+    run = load_run(tmp_path)
+    assert run.model.config.vocab_size == run.tokenizer.vocab_size + 1  # the [MASK] id past the tokenizer's
+    raw["model"]["vocab_size"] = run.tokenizer.vocab_size
+    with pytest.raises(PresetError, match="plus the objective's 1 reserved id"):
+        train(load_preset(raw), tmp_path / "too_small")
