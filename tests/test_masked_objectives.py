@@ -111,3 +111,26 @@ def test_mask_diffusion_trains_a_bidirectional_gpt_with_one_reserved_id(small_te
     raw["model"]["vocab_size"] = run.tokenizer.vocab_size
     with pytest.raises(PresetError, match="plus the objective's 1 reserved id"):
         train(load_preset(raw), tmp_path / "too_small")
+
+
+def test_the_val_nelbo_grid_estimate_is_the_bound_and_lmforge_eval_reports_it(small_text, tmp_path):
+    from lmforge.objectives.masked import evaluate_nelbo
+    from lmforge.runtime import setup_runtime
+
+    model, x = _model(), torch.tensor([[0, 2, 1, 1, 0, 2]])
+    batches = [{"input_ids": x.repeat(256, 1), "labels": x.repeat(256, 1)}]
+    got = evaluate_nelbo(model, batches, setup_runtime("cpu", "fp32"), grid=64, eps=1e-6)
+    assert got["val_nelbo"] == pytest.approx(exact_nelbo(model, x) / L, rel=0.03)
+    assert evaluate_nelbo(model, batches, setup_runtime("cpu", "fp32"))["val_nelbo"] == \
+        evaluate_nelbo(model, batches, setup_runtime("cpu", "fp32"))["val_nelbo"]  # fixed grid and seed: repeatable
+
+    raw = tiny_preset(small_text, max_steps=4, eval_interval=4)
+    raw["model"]["causal"] = False
+    raw["objective"] = {"name": "mask_diffusion"}
+    train(load_preset(raw), tmp_path)
+    from lmforge.evaluation.run_eval import evaluate_run
+    from lmforge.training.metrics import read_metrics
+
+    assert "val_nelbo" in [r for r in read_metrics(tmp_path) if "val_loss" in r][-1]  # the trainer's evaluation
+    result = evaluate_run(tmp_path)
+    assert result["val_nelbo"] == result["val_loss"] and 0 < result["val_bpb"] < 20

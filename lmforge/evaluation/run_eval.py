@@ -13,6 +13,7 @@ from lmforge.config import Preset, load_preset
 from lmforge.data import DataConfig, build_val_batches
 from lmforge.data.stream import ReaderStream, build_sources
 from lmforge.evaluation.lm import evaluate_lm
+from lmforge.objectives.masked import MaskDiffusionConfig, evaluate_nelbo
 from lmforge.inference import LoadedRun, load_run
 from lmforge.run_shape import sequence_length
 from lmforge.runtime import setup_runtime
@@ -58,7 +59,10 @@ def evaluate_run(run_dir: Path | str, slot: str | None = None, data: str | None 
     run = load_run(run_dir, slot, device=runtime.device)
     batches, label = eval_batches(run, data, max_batches)
     tok = run.tokenizer
-    metrics = evaluate_lm(run.model, batches, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
+    if isinstance(run.preset.objective, MaskDiffusionConfig):  # a bound on a bidirectional model, not next-token CE
+        metrics = evaluate_nelbo(run.model, batches, runtime, tok.token_byte_lengths(), eps=run.preset.objective.eps)
+    else:
+        metrics = evaluate_lm(run.model, batches, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
     result = {"slot": run.slot, "step": run.step, "data": label, "batches": len(batches), **metrics}
     (run_dir / f"eval_{run.slot}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
