@@ -109,11 +109,18 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
     from lmforge.generation import TextStreamer, generate
+    from lmforge.objectives.masked import MaskDiffusionConfig
+    from lmforge.registry import OBJECTIVES
 
     _no_extra(extra)
     run = _load_run(ns.run_dir, ns.slot)
     tok = run.tokenizer
     ids = tok.encode(ns.prompt) or [tok.eos_id or 0]
+    if isinstance(run.preset.objective, MaskDiffusionConfig):
+        return _generate_diffusion(ns, run, ids)
+    if not OBJECTIVES.get(run.preset.objective.name).left_to_right:
+        raise CommandError(f"run {ns.run_dir} was trained with objective {run.preset.objective.name!r}, a bidirectional "
+                           "model that is not sampled token by token (a mask_diffusion run is sampled by diffusion)")
     sampling = _sampling(ns)
     stops = _stops(ns)
     sys.stdout.write(ns.prompt)
@@ -130,6 +137,23 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
                  stream_callback=stream, stop_strings=stops, decode=tok.decode)
     streamer.finish()
     sys.stdout.write("\n")
+    return 0
+
+
+def _generate_diffusion(ns: argparse.Namespace, run: LoadedRun, ids: list[int]) -> int:
+    """A mask_diffusion run: --max-new-tokens masks after the prompt, unmasked in --steps (per --block-size)."""
+    from lmforge.generation.diffusion import DiffusionSampling, diffusion_generate, token_entropy
+
+    room = run.preset.model.block_size - len(ids)
+    if ns.max_new_tokens > room:
+        raise CommandError(f"a diffusion sample is one canvas: prompt ({len(ids)}) + --max-new-tokens ({ns.max_new_tokens}) "
+                           f"must fit the model's block_size ({run.preset.model.block_size})")
+    cfg = DiffusionSampling(steps=ns.steps, block_size=ns.block_size, remasking=ns.remasking,
+                            temperature=ns.temperature, seed=ns.seed)
+    tokens = diffusion_generate(run.model, ids, ns.max_new_tokens, cfg)
+    sys.stdout.write(ns.prompt + run.tokenizer.decode(tokens) + "\n")
+    print(f"diffusion: {cfg.steps} steps, {cfg.remasking} remasking, blocks of {cfg.block_size or ns.max_new_tokens}; "
+          f"token entropy {token_entropy(tokens):.2f} bits over {len(tokens)} tokens", file=sys.stderr)
     return 0
 
 
@@ -346,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="recompute the full context each step (for checking the KV cache)")
     g.add_argument("--draft-run-dir", default=None, help="speculative decoding: a smaller run with the same tokenizer proposes tokens")
     g.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per target forward")
+    g.add_argument("--steps", type=int, default=64, help="mask_diffusion runs: denoising steps (split over the blocks)")
+    g.add_argument("--block-size", type=int, default=None, help="mask_diffusion runs: semi-autoregressive block length; default: one block")
+    g.add_argument("--remasking", choices=["ancestral", "low_confidence"], default="ancestral",
+                   help="mask_diffusion runs: MDLM's ancestral unmasking or LLaDA's low-confidence remasking")
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("chat", help="interactive loop: each line you type is continued by the model",
                        description="Each input line is appended to the running context and the model's reply streams "
