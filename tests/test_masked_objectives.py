@@ -134,3 +134,17 @@ def test_the_val_nelbo_grid_estimate_is_the_bound_and_lmforge_eval_reports_it(sm
     assert "val_nelbo" in [r for r in read_metrics(tmp_path) if "val_loss" in r][-1]  # the trainer's evaluation
     result = evaluate_run(tmp_path)
     assert result["val_nelbo"] == result["val_loss"] and 0 < result["val_bpb"] < 20
+
+
+@pytest.mark.parametrize("preset", ["stackwise_mdlm_cpu", "stackwise_seed004_cpu"])
+def test_the_stackwise_presets_train(tmp_path, preset):
+    """stackwise_mdlm_cpu: bidirectional MDLM; the seed-004 YAML: MLA, diffusion at 15-90% masking, then causal CE."""
+    result = train(load_preset(preset, {"train.max_steps": 8, "train.eval_interval": 4, "train.eval_batches": 1,
+                                        "train.progress_bar": False, "train.legacy_weights_file": None}), tmp_path)
+    assert result.steps == 8 and math.isfinite(result.final_loss)
+    from lmforge.training.metrics import read_metrics
+
+    evals = [r for r in read_metrics(tmp_path) if "val_loss" in r]
+    assert "val_nelbo" in evals[0]  # step 4: the diffusion objective scores itself
+    if preset == "stackwise_seed004_cpu":
+        assert "val_nelbo" not in evals[-1] and any((tmp_path / "samples").glob("step_*"))  # step 8: causal CE, samples
