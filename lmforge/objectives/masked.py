@@ -178,3 +178,26 @@ class MaskedLM(Objective):
         ce = ce / chosen.sum().clamp(min=1)  # mean over the chosen positions (none chosen: 0, not NaN)
         metrics = {"mlm_ce": ce.detach(), "chosen_rate": chosen.float().mean().detach()}
         return add_model_terms(ce, out, metrics), metrics
+
+
+class CLMMaskedInputsConfig(ReservingObjectiveConfig):
+    name: Literal["clm_masked_inputs"] = "clm_masked_inputs"
+    input_mask_rate: float = Field(0.15, ge=0, lt=1, description="share of input tokens replaced by [MASK]; the targets stay whole")
+
+
+@OBJECTIVES.register("clm_masked_inputs", config=CLMMaskedInputsConfig)
+class CLMMaskedInputs(Objective):
+    """Next-token CE on inputs with `input_mask_rate` of their tokens replaced by [MASK] (the targets untouched): the
+    regularised AR baseline for data-constrained comparisons with diffusion (arXiv 2510.04071); with model dropout it
+    is their "fair" AR. Still causal and sampled left to right (nothing is masked at generation)."""
+
+    def __init__(self, cfg: CLMMaskedInputsConfig):
+        self.cfg = cfg
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = batch["input_ids"]
+        hidden = torch.rand(x.shape, device=x.device) < self.cfg.input_mask_rate
+        out = model(x.masked_fill(hidden, model_vocab(model) - 1))
+        ce = F.cross_entropy(out.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        metrics = {"ce": ce.detach()}
+        return add_model_terms(ce, out, metrics), metrics
