@@ -219,7 +219,7 @@ def test_a_stage_without_data_or_settings_keeps_the_run_defaults(tmp_path, corpo
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["stages"][0]["model_settings"].update(plasticity=0.1),
-     ["stages.0.model_settings.plasticity: model arch 'gpt' has no setting 'plasticity'", "supported: (none"]),
+     ["stages.0.model_settings.plasticity: model arch 'gpt' has no setting 'plasticity'", "supported: causal"]),
     (lambda r: r["stages"][0].update(until_step=9), ["stages.1.until_step: 8 must be greater than the previous stage's 9"]),
     (lambda r: r["stages"][1].update(until_step=12), ["stages.1.until_step: stage 'stories' ends at step 12, so the stages after it never run"]),
     (lambda r: r["stages"][2].update(until_fraction=0.9), ["stages.2.until_fraction: the last stage must cover the run"]),

@@ -148,3 +148,25 @@ def test_the_stackwise_presets_train(tmp_path, preset):
     assert "val_nelbo" in evals[0]  # step 4: the diffusion objective scores itself
     if preset == "stackwise_seed004_cpu":
         assert "val_nelbo" not in evals[-1] and any((tmp_path / "samples").glob("step_*"))  # step 8: causal CE, samples
+
+
+def test_clm_masked_inputs_hides_inputs_but_not_targets():
+    from lmforge.objectives.masked import CLMMaskedInputs, CLMMaskedInputsConfig
+
+    model, seen = _model(), {}
+
+    class Spy(torch.nn.Module):
+        def get_input_embeddings(self):
+            return model.get_input_embeddings()
+
+        def forward(self, ids):
+            seen["ids"] = ids
+            return model(ids)
+
+    torch.manual_seed(0)
+    x = torch.randint(0, V - 1, (512, L))
+    labels = torch.randint(0, V - 1, (512, L))
+    loss, _ = CLMMaskedInputs(CLMMaskedInputsConfig(input_mask_rate=0.25))(Spy(), {"input_ids": x, "labels": labels}, StepContext(0, 1))
+    hidden = seen["ids"] == V - 1
+    assert abs(hidden.float().mean().item() - 0.25) < 0.02 and torch.equal(seen["ids"][~hidden], x[~hidden])
+    assert torch.isfinite(loss)

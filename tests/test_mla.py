@@ -86,3 +86,15 @@ def test_mla_options_are_checked():
         GPTConfig(**base, attention="mla", mla={"qk_rope_head_dim": 7})
     with pytest.raises(PresetError, match="model.mla.kv_lora_rnak: unknown key"):
         load_preset("shakespeare_char_cpu_best", {"model.attention": "mla", "model.mla.kv_lora_rnak": 8})
+
+
+def test_hf_export_refuses_what_transformers_would_compute_differently():
+    from lmforge.export.hf import ExportError, hf_style
+
+    base = {"vocab_size": 61, "n_layer": 1, "n_head": 4, "n_embd": 64}
+    with pytest.raises(ExportError, match="linear attention"):
+        hf_style(GPTConfig(**base, attention="linear"))
+    with pytest.raises(ExportError, match="bidirectional"):
+        hf_style(GPTConfig(**base, causal=False))
+    with pytest.raises(ExportError, match="no biases"):
+        hf_style(GPTConfig(**base, attention="mla", bias=True))

@@ -28,6 +28,11 @@ class ExportError(ValueError):
 
 def hf_style(cfg: GPTConfig) -> str:
     """'llama', 'deepseek_v3' (MLA) or 'gpt2', or an ExportError naming the fields to change."""
+    if cfg.attention == "linear":
+        raise ExportError("transformers has no causal LM with lmforge's linear attention; use --format safetensors")
+    if not cfg.causal:
+        raise ExportError("a bidirectional model (model.causal false) would run causally in transformers' decoder classes; "
+                          "use --format safetensors")
     if cfg.pos_embedding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu":
         if cfg.attention == "mla":
             if cfg.bias:
