@@ -47,6 +47,7 @@ def test_sigkill_at_ten_instants_resumes_to_the_same_losses(tmp_path, small_text
     assert reference.returncode == 0, reference.stderr[-3000:]
     rng = random.Random(nproc)
     run, kills, in_write, finished = tmp_path / "soaked", 0, 0, False
+    log = []  # what each launch did, for the failure message
     for attempt in range(4 * KILLS):
         if kills >= KILLS:
             proc = _launch(_command(nproc, path, run), {})
@@ -55,8 +56,10 @@ def test_sigkill_at_ten_instants_resumes_to_the_same_losses(tmp_path, small_text
             finished = True
             break
         if attempt % 2 == 0:  # inside a checkpoint write: just before the N-th fsync of this session
-            proc = _launch(_command(nproc, path, run), {"SOAK_KILL_AT_FSYNC": str(rng.randint(2, 12))})
+            n = rng.randint(2, 12)
+            proc = _launch(_command(nproc, path, run), {"SOAK_KILL_AT_FSYNC": str(n)})
             _, err = proc.communicate(timeout=300)
+            log.append(("fsync", n, proc.returncode, max(_losses(run), default=0)))
             if proc.returncode == 0:  # fewer writes were left than N: the run finished before the kills did
                 finished = True
                 break
@@ -64,16 +67,19 @@ def test_sigkill_at_ten_instants_resumes_to_the_same_losses(tmp_path, small_text
             in_write += 1
         else:  # at a random instant
             proc = _launch(_command(nproc, path, run), {})
+            wait = rng.uniform(2.0, 7.0)
             try:
-                proc.wait(timeout=rng.uniform(2.0, 7.0))
+                proc.wait(timeout=wait)
+                log.append(("instant", round(wait, 1), proc.returncode, max(_losses(run), default=0)))
                 finished = proc.returncode == 0
                 assert finished, proc.stderr.read()[-3000:]
                 break
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                log.append(("instant", round(wait, 1), "killed", max(_losses(run), default=0)))
         kills += 1
-    assert finished and kills >= KILLS and in_write >= KILLS // 2, (kills, in_write)
+    assert finished and kills >= KILLS and in_write >= KILLS // 2, (kills, in_write, log)
     ref, got = _losses(tmp_path / "ref"), _losses(run)
-    assert sorted(got) == sorted(ref) == list(range(1, 61))
+    assert sorted(got) == sorted(ref) == list(range(1, 61)), log
     assert all(got[s] == ref[s] for s in ref), [(s, got[s], ref[s]) for s in ref if got[s] != ref[s]][:5]
