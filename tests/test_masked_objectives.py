@@ -27,6 +27,21 @@ def _model() -> GPT:
     return model
 
 
+class Spy(torch.nn.Module):
+    """The model, recording the (corrupted) input ids an objective runs it on."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model, self.seen = model, {}
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, ids):
+        self.seen["ids"] = ids
+        return self.model(ids)
+
+
 def exact_nelbo(model: GPT, x: torch.Tensor) -> float:
     """sum over mask sets M != {} of (|M|-1)! (L-|M|)! / L! * sum_{i in M} -log p(x_i | x without M)."""
     total = 0.0
@@ -75,18 +90,8 @@ def test_antithetic_t_is_stratified_and_the_mask_logit_is_never_predicted():
 
 
 def test_mlm_masks_bert_style_and_scores_only_the_chosen():
-    model = _model()
-    seen = {}
-
-    class Spy(torch.nn.Module):
-        def get_input_embeddings(self):
-            return model.get_input_embeddings()
-
-        def forward(self, ids):
-            seen["ids"] = ids
-            return model(ids)
-
-    spy = Spy()
+    spy = Spy(_model())
+    seen = spy.seen
 
     torch.manual_seed(0)
     x = torch.randint(0, V - 1, (256, L))
@@ -153,20 +158,12 @@ def test_the_stackwise_presets_train(tmp_path, preset):
 def test_clm_masked_inputs_hides_inputs_but_not_targets():
     from lmforge.objectives.masked import CLMMaskedInputs, CLMMaskedInputsConfig
 
-    model, seen = _model(), {}
-
-    class Spy(torch.nn.Module):
-        def get_input_embeddings(self):
-            return model.get_input_embeddings()
-
-        def forward(self, ids):
-            seen["ids"] = ids
-            return model(ids)
-
+    spy = Spy(_model())
+    seen = spy.seen
     torch.manual_seed(0)
     x = torch.randint(0, V - 1, (512, L))
     labels = torch.randint(0, V - 1, (512, L))
-    loss, _ = CLMMaskedInputs(CLMMaskedInputsConfig(input_mask_rate=0.25))(Spy(), {"input_ids": x, "labels": labels}, StepContext(0, 1))
+    loss, _ = CLMMaskedInputs(CLMMaskedInputsConfig(input_mask_rate=0.25))(spy, {"input_ids": x, "labels": labels}, StepContext(0, 1))
     hidden = seen["ids"] == V - 1
     assert abs(hidden.float().mean().item() - 0.25) < 0.02 and torch.equal(seen["ids"][~hidden], x[~hidden])
     assert torch.isfinite(loss)
