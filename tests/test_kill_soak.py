@@ -1,5 +1,9 @@
 """Kill soak: SIGKILL a run at >= 10 instants, some at random times and some inside checkpoint writes, restart
-it each time, and it must finish with bitwise the same per-step losses as a run never interrupted."""
+it each time, and it must finish with bitwise the same per-step losses as a run never interrupted.
+
+The random instants are a random train step of each launch plus a random fraction of a second, not a time from the
+launch: on a fast machine (CI's) a 60-step run used to finish inside the start-up-plus-wait of a few launches,
+leaving too few kills."""
 from __future__ import annotations
 
 import json
@@ -33,8 +37,42 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 def _launch(cmd: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group: a kill takes torchrun's workers too
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (torchrun puts its workers in sessions of their own, so a process-group kill
+    would leave them training)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launch and every process it started, as a power cut would."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen, limit: float = 120.0) -> None:
+    """Until the launch has begun training (the helper creates `marker`), or it has exited."""
+    deadline = time.monotonic() + limit
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -65,19 +103,20 @@ def test_sigkill_at_ten_instants_resumes_to_the_same_losses(tmp_path, small_text
                 break
             assert "Traceback" not in err or nproc > 1, err[-3000:]  # torchrun reports the dead worker itself
             in_write += 1
-        else:  # at a random instant
-            proc = _launch(_command(nproc, path, run), {})
-            wait = rng.uniform(2.0, 7.0)
+        else:  # at a random instant after training started (mid-step, mid-eval or mid-save)
+            started = tmp_path / f"started_{attempt}"
+            at, wait = rng.randint(1, 6), rng.uniform(0.0, 0.1)
+            proc = _launch(_command(nproc, path, run), {"SOAK_STARTED": str(started), "SOAK_STARTED_AT": str(at)})
             try:
+                _wait_for(started, proc)
                 proc.wait(timeout=wait)
-                log.append(("instant", round(wait, 1), proc.returncode, max(_losses(run), default=0)))
+                log.append(("instant", at, round(wait, 2), proc.returncode, max(_losses(run), default=0)))
                 finished = proc.returncode == 0
                 assert finished, proc.stderr.read()[-3000:]
                 break
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                log.append(("instant", round(wait, 1), "killed", max(_losses(run), default=0)))
+                _kill_tree(proc)
+                log.append(("instant", at, round(wait, 2), "killed", max(_losses(run), default=0)))
         kills += 1
     assert finished and kills >= KILLS and in_write >= KILLS // 2, (kills, in_write, log)
     ref, got = _losses(tmp_path / "ref"), _losses(run)
