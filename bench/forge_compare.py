@@ -1,27 +1,21 @@
-"""Does the forge loss help? VGT + forge vs VGT + plain cross-entropy vs a GPT of about the same size.
+"""Does the forge loss help? `lmforge compare --recipe forge`, plus the forge terms of each final model on val.
 
-All runs start from configs/forge_vgt_cpu.json (real WikiText-2 text, char
-level) and differ only where named below: same data, split, batch, sequence
-length, LR schedule, seed and number of steps. Each run is evaluated on the
-same held-out tail (val_loss in nats/char and val_bpc). Tokens/s is the median
-of the per-step rates the trainer logs (steps only, no eval), after the first
-10 steps.
+The training, the table and the plots are `lmforge compare`'s (configs/compare/forge.json: VGT + forge, VGT +
+plain CE, a GPT of about the same size, and with --with-seed-peak the seed's controller 1 -> 30 -> 1). This
+script adds what only the forge recipe needs: RMS(h) and 1 − cos(h, emb(target)) of every final model on the
+same val batches (did the regularizers move h compared with the runs that never saw them?), and a plot of α and
+each term over the forge run.
 
-usage: python bench/forge_compare.py [--steps 300] [--seed 1337] [--with-seed-peak] [--out-dir bench/results]
-Writes forge_compare.json and forge_terms.png (α and each forge term over the
-forge run's steps) to --out-dir and prints a table. Run dirs go to
-runs/forge_compare/ and are replaced on each call.
+usage: python bench/forge_compare.py [--steps 300] [--seeds 1337] [--with-seed-peak] [--out-dir bench/results]
+Writes forge_compare.json and forge_terms.png to --out-dir; compare's report goes to runs/compare/forge/
+(finished runs there are reused).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import shutil
-import statistics
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -29,61 +23,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-import lmforge  # noqa: E402
-from lmforge.config import apply_overrides, read_preset_file, validate_preset  # noqa: E402
+from lmforge.compare import load_spec, run_compare  # noqa: E402
+from lmforge.compare.spec import Budget  # noqa: E402
 from lmforge.data import build_val_batches  # noqa: E402
 from lmforge.inference import load_run  # noqa: E402
 from lmforge.objectives import compute_forge_loss  # noqa: E402
 from lmforge.training.metrics import read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = REPO / "configs" / "forge_vgt_cpu.json"
-RUNS_DIR = REPO / "runs" / "forge_compare"
-SKIP_STEPS = 10  # first steps pay for allocator warm-up; left out of tokens/s
-
-# What each run changes in the base preset (dotted overrides).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "vgt_forge": {},
-    "vgt_ce": {"objective": {"name": "clm"}},
-    # 4 x 128 GPT (lmforge defaults: RoPE, RMSNorm, SwiGLU, tied head): about VGT's parameter count
-    "gpt_ce": {"objective": {"name": "clm"},
-               "model": {"arch": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.05}},
-}
-SEED_PEAK = {"objective.controller.start": 1.0, "objective.controller.peak": 30.0, "objective.controller.floor": 1.0}
-
-
-def variant_preset(base: dict, name: str, changes: dict[str, Any], steps: int, seed: int) -> dict:
-    raw = apply_overrides(base, {"train.max_steps": steps, "train.seed": seed, "data.seed": seed, "train.log_interval": 1, "train.progress_bar": False,
-                                 "train.milestone_interval": 0, "samples.max_new_tokens": 100})
-    for key, value in changes.items():
-        if "." in key:
-            raw = apply_overrides(raw, {key: value})
-        else:
-            raw[key] = value
-    raw["name"] = name
-    return raw
-
-
-def run(name: str, raw: dict) -> dict[str, Any]:
-    run_dir = RUNS_DIR / name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a fresh run, never a resume of an older one
-    print(f"--- {name}", flush=True)
-    result = lmforge.train(raw, run_dir=run_dir)
-    rows = [r for r in read_metrics(run_dir) if "loss" in r]
-    final = load_run(run_dir)
-    return {
-        "params": final.model.num_params(),
-        "steps": result.steps,
-        "val_loss": result.last_val["val_loss"],
-        "val_bpc": result.last_val["val_bpc"],
-        "val_accuracy": result.last_val["val_accuracy"],
-        "final_train_ce": rows[-1]["ce"],
-        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows[SKIP_STEPS:]),
-        "wall_seconds": result.elapsed,
-        **forge_terms_on_val(final),
-        "metrics": str(run_dir / "metrics.jsonl"),
-    }
+SEED_PEAK_RUN = "vgt_forge_seed_peak"
 
 
 @torch.no_grad()
@@ -127,47 +75,35 @@ def plot_terms(metrics_path: Path, out: Path, h_norm_weight: float, cos_weight: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None, help="train.seed and data.seed of every run (default: the preset's): init, dropout and data order")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the spec's 300)")
+    parser.add_argument("--seeds", default=None, help="comma-separated train.seed/data.seed (default: the spec's 1337)")
     parser.add_argument("--with-seed-peak", action="store_true", help="also train VGT + forge with the seed's controller (α 1 -> 30 -> 1)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     os.chdir(REPO)  # preset data paths are relative to the repo root
 
-    base = read_preset_file(BASE)
-    steps = args.steps or base["train"]["max_steps"]
-    seed = base["train"].get("seed", 1337) if args.seed is None else args.seed
-    variants = dict(VARIANTS)
-    if args.with_seed_peak:
-        variants["vgt_forge_seed_peak"] = SEED_PEAK
-    results = {name: run(name, variant_preset(base, name, changes, steps, seed)) for name, changes in variants.items()}
-
+    spec = load_spec("forge")
+    update = {"runs": [r for r in spec.runs if args.with_seed_peak or r.name != SEED_PEAK_RUN]}
+    if args.steps:
+        update["budget"] = Budget(kind="steps", value=args.steps)
+    if args.seeds:
+        update["seeds"] = [int(x) for x in args.seeds.split(",")]
+    result = run_compare(spec.model_copy(update=update), REPO / "runs" / "compare" / "forge")
+    terms = {}
+    for outcome in result.outcomes:
+        if outcome.status != "failed":
+            terms[f"{outcome.planned.name}_s{outcome.planned.seed}"] = forge_terms_on_val(load_run(outcome.run_dir))
+    forge_run = next(o.run_dir for o in result.outcomes if o.planned.name == "vgt_forge" and o.status != "failed")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    forge_cfg = validate_preset(base).objective
-    plot_terms(Path(results["vgt_forge"]["metrics"]), args.out_dir / "forge_terms.png", forge_cfg.h_norm_weight, forge_cfg.cos_weight)
-    summary = {
-        "preset": str(BASE.relative_to(REPO)),
-        "steps": steps,
-        "seed": seed,
-        "batch_size": base["train"]["batch_size"],
-        "seq_length": base["model"]["block_size"],
-        "data": base["data"]["sources"][0]["path"],
-        "variants": variants,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "runs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in results.items()},
-        "vgt_tokens_per_sec_over_gpt": results["vgt_ce"]["tokens_per_sec"] / results["gpt_ce"]["tokens_per_sec"],
-    }
-    (args.out_dir / "forge_compare.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    print(f"\n{steps} steps each, seed {seed}, batch {summary['batch_size']} x {summary['seq_length']} chars, {summary['data']}")
-    print(f"{'run':<22}{'params':>10}{'val CE (nats)':>15}{'val bpc':>9}{'val acc':>9}{'tokens/s':>10}{'wall s':>8}"
-          f"{'RMS(h)':>8}{'1-cos':>7}")
-    for name, r in results.items():
-        print(f"{name:<22}{r['params']:>10,}{r['val_loss']:>15.4f}{r['val_bpc']:>9.4f}{r['val_accuracy']:>9.3f}"
-              f"{r['tokens_per_sec']:>10,.0f}{r['wall_seconds']:>8.1f}{r['val_h_norm']:>8.3f}{r['val_cos_loss']:>7.3f}")
-    print(f"wrote {args.out_dir / 'forge_compare.json'} and {args.out_dir / 'forge_terms.png'}")
+    cfg = load_run(forge_run).preset.objective
+    plot_terms(forge_run / "metrics.jsonl", args.out_dir / "forge_terms.png", cfg.h_norm_weight, cfg.cos_weight)
+    compare = json.loads(result.files["json"].read_text())
+    (args.out_dir / "forge_compare.json").write_text(json.dumps({**compare, "val_forge_terms": terms}, indent=2) + "\n")
+    print(result.table)
+    print(f"\n{'run':<28}{'RMS(h) on val':>15}{'1-cos on val':>14}")
+    for name, t in terms.items():
+        print(f"{name:<28}{t['val_h_norm']:>15.3f}{t['val_cos_loss']:>14.3f}")
+    print(f"wrote {args.out_dir / 'forge_compare.json'}, {args.out_dir / 'forge_terms.png'} and {result.files['html']}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""`lmforge` command line: train, generate, chat, eval, needle, export, presets. Dotted overrides set any preset field."""
+"""`lmforge` command line: train, compare, generate, chat, eval, needle, export, data, plot, runs, presets.
+
+Dotted overrides (`--train.lr 3e-4`) set any preset field."""
 from __future__ import annotations
 
 import argparse
@@ -330,9 +332,96 @@ def cmd_data(ns: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.compare import load_spec, recipe_names, run_compare, spec_from_presets
+    from lmforge.compare.spec import BUDGET_KINDS, Budget
+
+    overrides = parse_dotted_overrides(extra)
+    seeds = _seed_list(ns.seeds) if ns.seeds else None
+    if ns.budget is not None and ns.budget[0] not in BUDGET_KINDS:
+        raise CommandError(f"--budget: kind {ns.budget[0]!r} is not one of {', '.join(BUDGET_KINDS)}")
+    try:
+        value = float(ns.budget[1]) if ns.budget else None
+    except ValueError:
+        raise CommandError(f"--budget: {ns.budget[1]!r} is not a number") from None
+    if ns.recipe:
+        if ns.presets:
+            raise CommandError("give presets or --recipe, not both")
+        spec = load_spec(ns.recipe)
+        update = {"overrides": {**spec.overrides, **overrides}}
+        if seeds:
+            update["seeds"] = seeds
+        if ns.budget:
+            update["budget"] = Budget(kind=ns.budget[0], value=value)
+        spec = spec.model_copy(update=update)
+    elif len(ns.presets) >= 1:
+        spec = spec_from_presets(ns.presets, ns.budget[0] if ns.budget else None, value, seeds or [1337], overrides)
+    else:
+        raise CommandError(f"name presets to compare, or --recipe one of: {', '.join(recipe_names())}")
+    out = Path(ns.out) if ns.out else Path("runs") / "compare" / spec.name
+    result = run_compare(spec, out, trust_code=ns.trust_code)
+    print(result.table)
+    print(f"\nwrote {', '.join(str(p) for p in result.files.values())}")
+    if result.interrupted:
+        print(f"lmforge: {result.interrupted}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CommandError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+
+
+def cmd_plot(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.compare.plots import plot_run
+
+    _no_extra(extra)
+    run_dir = Path(ns.run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        raise CommandError(f"{run_dir} has no metrics.jsonl (is it a run dir?)")
+    try:
+        out = plot_run(run_dir, Path(ns.out) if ns.out else run_dir / "plots.png")
+    except (ImportError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_runs(ns: argparse.Namespace, extra: list[str]) -> int:
+    from lmforge.compare.run_summary import list_runs, summarize_run
+
+    _no_extra(extra)
+    root = Path(ns.dir)
+    if not root.exists():
+        raise CommandError(f"{root} does not exist")
+    dirs = list_runs(root)
+    if not dirs:
+        print(f"no runs under {root}")
+        return 0
+    rows = []
+    for d in dirs:
+        s = summarize_run(d, with_size=False)
+        best = f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "-"
+        speed = f"{s.tokens_per_sec:,.0f}" if s.tokens_per_sec is not None else "-"
+        rows.append((str(d.relative_to(root)) if d != root else str(d), s.preset or "?", str(s.steps), best, speed, s.status))
+    head = ("run", "preset", "steps", "best val", "tokens/s", "status")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) if i in (0, 1, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return 0
+
+
 def cmd_presets(ns: argparse.Namespace, extra: list[str]) -> int:
-    for path in list_presets():
-        print(path.stem)
+    """Each preset's name and the first sentence of its description."""
+    from lmforge.config import preset_description
+
+    paths = list_presets()
+    width = max((len(p.stem) for p in paths), default=0)
+    for path in paths:
+        print(f"{path.stem.ljust(width)}  {preset_description(path)}".rstrip())
     return 0
 
 
@@ -419,8 +508,29 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", default=None, help="output folder; default: data/<preset name>")
     dsub.add_parser("inspect", help="print documents, tokens and rejects per source and split").add_argument("preset")
     d.set_defaults(func=cmd_data)
-    p = sub.add_parser("presets", help="list the presets in configs/")
+    p = sub.add_parser("presets", help="list the presets in configs/ with the first sentence of each description")
     p.set_defaults(func=cmd_presets)
+    cp = sub.add_parser(
+        "compare", help="train presets on one budget and seeds; print a table, write plots and an HTML report",
+        description="Train each PRESET (or the runs of --recipe's spec) on the same budget and seeds, each in its own "
+                    "process under OUT/runs/ (a finished run is reused, an interrupted one resumed), and write "
+                    "OUT/table.md, compare.json, val_loss.png, loss_terms.png and report.html. Dotted overrides "
+                    "(--train.lr 3e-4) apply to every run.")
+    cp.add_argument("presets", nargs="*", help="presets by name or path; the first is the baseline of the deltas")
+    cp.add_argument("--recipe", default=None, help="a spec in configs/compare/ by name (forge, bitnet, ...) or a spec file")
+    cp.add_argument("--budget", nargs=2, metavar=("KIND", "N"), default=None,
+                    help="steps|tokens|flops|seconds and the amount; default: each preset's own (or the spec's)")
+    cp.add_argument("--seeds", default=None, help="comma-separated seeds (train.seed and data.seed); default 1337 (or the spec's)")
+    cp.add_argument("--out", default=None, help="output folder; default: runs/compare/<spec name>")
+    cp.add_argument("--trust-code", action="store_true", help="as for train: let presets import the Python they name")
+    cp.set_defaults(func=cmd_compare)
+    pl = sub.add_parser("plot", help="PNG of a run's loss, val loss, lr and every logged term against the step")
+    pl.add_argument("--run-dir", required=True)
+    pl.add_argument("--out", default=None, help="default: <run-dir>/plots.png")
+    pl.set_defaults(func=cmd_plot)
+    r = sub.add_parser("runs", help="list the runs under a folder with preset, steps, best val, tokens/s and status")
+    r.add_argument("dir", nargs="?", default="runs")
+    r.set_defaults(func=cmd_runs)
     return parser
 
 

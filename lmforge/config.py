@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,13 +44,31 @@ class SkipSpikesConfig(Section):
         return self
 
 
+class WandbConfig(Section):
+    """Weights & Biases as a metrics sink beside metrics.jsonl; `mode: offline` writes under the run dir, no network."""
+
+    project: str = Field("lmforge", min_length=1)
+    entity: str | None = None
+    name: str | None = Field(None, description="the W&B run name; None = the preset's name")
+    mode: Literal["online", "offline", "disabled"] = "online"
+    tags: list[str] = Field(default_factory=list)
+
+
 class TrainConfig(Section):
     """The optimisation loop: budget, optimiser, precision, logging and checkpoint cadence."""
 
     batch_size: int = Field(12, ge=1, le=1_048_576, description="micro-batch size per process, in sequences")
     grad_accum_steps: int = Field(1, ge=1, le=65_536, description="micro-batches per optimizer step")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = derive from train_tokens")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = derive from train_tokens or train_flops")
     train_tokens: int | None = Field(None, ge=1, description="token budget (all processes); used when max_steps is None")
+    train_flops: float | None = Field(
+        None, gt=0, description="training FLOP budget (all processes), counted by the model's own flops_per_token; used when "
+        "max_steps and train_tokens are None"
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="wall-clock budget: stop (with a final eval and save) once the run has trained this long, "
+        "across resumes; the LR schedule still spans the step budget"
+    )
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     lr_schedule: Any = Field(
         default_factory=lambda: {"name": "warmup_cosine"},
@@ -86,6 +105,7 @@ class TrainConfig(Section):
     )
     peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; None = data sheet or probe")
     tensorboard: bool = Field(False, description="also write TensorBoard event files to <run_dir>/tensorboard")
+    wandb: WandbConfig | None = Field(None, description="also log metrics to Weights & Biases (pip install wandb); None = off")
     milestone_interval: int = Field(0, ge=0, description="steps between milestone snapshots kept beside the rolling slots; 0 = off")
     milestone_prefix: str = Field("step_", min_length=1, description="milestone slot name = prefix + step, e.g. 'vgt_8L_step_' (seed 000)")
     keep_milestones: int = Field(3, ge=1, description="newest milestone snapshots kept")
@@ -102,8 +122,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
-        if self.max_steps is None and self.train_tokens is None:
-            raise ValueError("set train.max_steps or train.train_tokens")
+        if self.max_steps is None and self.train_tokens is None and self.train_flops is None:
+            raise ValueError("set train.max_steps, train.train_tokens or train.train_flops")
         return self
 
 
@@ -470,6 +490,20 @@ def config_dir() -> Path:
 def list_presets(directory: Path | None = None) -> list[Path]:
     directory = directory or config_dir()
     return sorted(p for p in directory.glob("*") if p.suffix in (".json", ".yaml", ".yml"))
+
+
+def preset_description(path: Path) -> str:
+    """The first sentence of a preset file's `description` ("" when it has none or does not parse)."""
+    try:
+        raw = read_preset_file(path)
+    except PresetError:
+        return ""
+    text = " ".join(str(raw.get("description") or "").split())
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
+
+
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)[.!?](?=\s+[A-Z(`\"]|$)")
 
 
 def resolve_preset_path(name_or_path: str) -> Path:

@@ -16,7 +16,7 @@ class RunShape:
     batch_size: int  # sequences per micro-batch per process
     grad_accum_steps: int
     world_size: int
-    total_steps: int  # train.max_steps, else the token budget over tokens_per_step, rounded up
+    total_steps: int  # train.max_steps, else the token (or FLOP) budget over tokens (FLOPs) per step, rounded up
 
     @property
     def tokens_per_step(self) -> int:
@@ -45,8 +45,27 @@ def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape
     if seq > model.block_size:
         raise PresetError(f"data.seq_length ({seq}) exceeds model.block_size ({model.block_size})")
     per_step = tc.batch_size * seq * tc.grad_accum_steps * world_size
-    total = tc.max_steps or math.ceil(tc.train_tokens / per_step)
+    if tc.max_steps:
+        total = tc.max_steps
+    elif tc.train_tokens:
+        total = math.ceil(tc.train_tokens / per_step)
+    else:
+        per_token = model_flops_per_token(preset.model_copy(update={"model": model.model_copy(update={"vocab_size": vocab})}), seq)
+        if not per_token:
+            raise PresetError(f"train.train_flops: model arch {model.arch!r} does not count its FLOPs; set train.max_steps or train.train_tokens")
+        total = max(1, math.ceil(tc.train_flops / (per_token * per_step)))
     return RunShape(seq, vocab, tc.batch_size, tc.grad_accum_steps, world_size, total)
+
+
+def model_flops_per_token(resolved: Preset, seq_length: int) -> float:
+    """Training FLOPs per token of the run's model (its own count, layer swaps included), built on the meta device:
+    no memory, no RNG draws, so a run's init is the same whether or not this was asked."""
+    import torch
+
+    from lmforge.assembly import build_run_model
+
+    with torch.device("meta"):
+        return build_run_model(resolved).flops_per_token(seq_length)
 
 
 def resolved_preset(preset: Preset, shape: RunShape) -> Preset:

@@ -79,3 +79,15 @@ def test_eval_another_presets_val_split(trained, shared_data, tmp_path):
     out = json.loads((run / "eval_best.json").read_text())
     assert out["batches"] == 2 and out["val_tokens"] == 2 * 4 * 32  # two full batches of the last 10% of other.txt
     assert out["data"] == f"val split of preset {preset}"
+
+
+def test_eval_progress_bar_counts_the_batches_and_leaves_the_numbers_alone(trained, capsys):
+    from lmforge.evaluation.run_eval import evaluate_run
+
+    run, _ = trained
+    quiet = evaluate_run(run, "lm_current", progress=False)
+    assert capsys.readouterr().err == ""
+    shown = evaluate_run(run, "lm_current", progress=True)
+    err = capsys.readouterr().err
+    assert "eval lm_current" in err and "3/3" in err
+    assert shown == quiet

@@ -6,8 +6,11 @@ text becomes batches, and writes the result next to the run.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from lmforge.config import Preset, load_preset
 from lmforge.data import DataConfig, build_val_batches
@@ -52,17 +55,21 @@ def eval_batches(run: LoadedRun, data: str | None, max_batches: int | None) -> t
     return whole_source_batches(data_cfg, run.tokenizer, batch_size, seq_length, max_batches), f"source {data}"
 
 
-def evaluate_run(run_dir: Path | str, slot: str | None = None, data: str | None = None, max_batches: int | None = None) -> dict:
-    """Val loss, perplexity, token accuracy, bits per byte (and per char) of a run's checkpoint; saved as eval_<slot>.json."""
+def evaluate_run(run_dir: Path | str, slot: str | None = None, data: str | None = None, max_batches: int | None = None,
+                 progress: bool | None = None) -> dict:
+    """Val loss, perplexity, token accuracy, bits per byte (and per char) of a run's checkpoint; saved as eval_<slot>.json.
+
+    `progress`: a bar over the batches on stderr (None = when stderr is a terminal)."""
     run_dir = Path(run_dir)
     runtime = setup_runtime(device="auto", precision="fp32")
     run = load_run(run_dir, slot, device=runtime.device)
     batches, label = eval_batches(run, data, max_batches)
     tok = run.tokenizer
+    shown = tqdm(batches, desc=f"eval {run.slot}", unit="batch", disable=not (sys.stderr.isatty() if progress is None else progress))
     if isinstance(run.preset.objective, MaskDiffusionConfig):  # a bound on a bidirectional model, not next-token CE
-        metrics = evaluate_nelbo(run.model, batches, runtime, tok.token_byte_lengths(), eps=run.preset.objective.eps)
+        metrics = evaluate_nelbo(run.model, shown, runtime, tok.token_byte_lengths(), eps=run.preset.objective.eps)
     else:
-        metrics = evaluate_lm(run.model, batches, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
+        metrics = evaluate_lm(run.model, shown, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
     result = {"slot": run.slot, "step": run.step, "data": label, "batches": len(batches), **metrics}
     (run_dir / f"eval_{run.slot}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

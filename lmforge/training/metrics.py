@@ -1,15 +1,21 @@
-"""Where metrics go: `<run_dir>/metrics.jsonl` (one JSON object per row) and, optionally, TensorBoard."""
+"""Where metrics go: `<run_dir>/metrics.jsonl` (one JSON object per row) and, optionally, TensorBoard and W&B."""
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lmforge.errors import PresetError
 
 if TYPE_CHECKING:
     import torch
 
+    from lmforge.config import WandbConfig
     from lmforge.training.trainer import Trainer
+
+WANDB_ID_FILE = "wandb_id"  # the W&B run id, so a resumed run keeps logging into the same W&B run
 
 
 def _clean(value: Any) -> Any:
@@ -23,14 +29,18 @@ def _clean(value: Any) -> Any:
 class MetricsLogger:
     """Appends rows to metrics.jsonl; on resume, drops rows newer than the checkpoint so steps never repeat."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False, wandb: "WandbConfig | None" = None,
+                 run_name: str | None = None, config: dict[str, Any] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if enabled and wandb is not None:
+            self._wandb = start_wandb(Path(run_dir), wandb, run_name, config)
 
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
@@ -53,15 +63,33 @@ class MetricsLogger:
         row = {k: _clean(v) for k, v in row.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        step = row.get("step", 0)
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            step = row.get("step", 0)
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def start_wandb(run_dir: Path, cfg: "WandbConfig", run_name: str | None, config: dict[str, Any] | None):
+    """A W&B run for this run dir (offline runs are written under it), resumed when the run dir already has one."""
+    try:
+        import wandb
+    except ImportError:
+        raise PresetError("train.wandb needs the wandb package: pip install 'lmforge[wandb]' (or remove train.wandb)") from None
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_name, mode=cfg.mode, tags=cfg.tags,
+                      dir=str(run_dir), id=run_id, resume="allow", config=config)
 
 
 def train_row(trainer: "Trainer", loss: float, lr: float, metrics: dict[str, "torch.Tensor"], grad_norm: "torch.Tensor | None",

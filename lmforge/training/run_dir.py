@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmforge.config import Preset
+
+if TYPE_CHECKING:
+    from lmforge.training.callbacks import TrainResult
 
 RUNS_DIR = "runs"
 
@@ -29,6 +33,17 @@ def prepare(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"run directory {run_dir} is not writable ({err.strerror or err}); pass --run-dir with a writable path") from None
+
+
+def save_result(run_dir: Path, result: "TrainResult") -> None:
+    """`result.json`: how the last `fit()` ended (steps, tokens, stop reason, last val, elapsed), for `lmforge runs`
+    and `lmforge compare` to tell a finished run from one that was stopped or crashed."""
+    row = {"steps": result.steps, "tokens": result.tokens, "final_loss": result.final_loss, "last_val": result.last_val,
+           "best_val_loss": result.best_val_loss, "stop_reason": result.stop_reason, "elapsed": result.elapsed,
+           "resumed_from": result.resumed_from}
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(row, indent=2) + "\n")
+    os.replace(tmp, run_dir / "result.json")
 
 
 def save_preset(run_dir: Path, preset: Preset) -> None:

@@ -27,9 +27,7 @@ from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
-from lmforge.training.checkpoint import (
-    BEST, Checkpoint, CheckpointManager, CheckpointWriteError, unique_state_dict,
-)
+from lmforge.training.checkpoint import BEST, Checkpoint, CheckpointManager, CheckpointWriteError, unique_state_dict
 from lmforge.training.checkpoint_writer import CheckpointWriter
 from lmforge.training.metrics import MetricsLogger, progress_bar, train_row
 from lmforge.training.optim import build_optimizer, set_hyperparameters
@@ -96,7 +94,7 @@ class Trainer:
             for label, data in self.stages.val_parts()
         ]
         self.val_batches = [b for _, batches in self.val_parts for b in batches]
-        self.metrics = MetricsLogger(self.run_dir, enabled=rt.is_main, tensorboard=tc.tensorboard)
+        self.metrics = MetricsLogger(self.run_dir, rt.is_main, tc.tensorboard, tc.wandb, preset.name, self.resolved.to_dict())
         self.step = 0
         self.tokens = 0
         self.elapsed_before = 0.0
@@ -158,14 +156,9 @@ class Trainer:
         """Optimizer, scaler, counters, and per-rank RNG + data position gathered onto rank 0."""
         per_rank = gather_ranks(self.runtime, {"rng": rng_state(), "data": self.train_data.state_dict()})
         return {
-            "step": self.step,
-            "tokens": self.tokens,
-            "elapsed": self.elapsed(),
-            "best_val_loss": self.best_val_loss,
+            "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed(), "best_val_loss": self.best_val_loss,
             "stage": self.stage_index,  # the stage of the data position in `ranks`
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ranks": per_rank,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "ranks": per_rank,
             "grad_filters": [f.state_dict() for f in self.grad_filters],
             "objective": self.objective.state_dict(),  # the current stage's objective
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
@@ -327,7 +320,8 @@ class Trainer:
                         continue
                 self.tokens += self.shape.tokens_per_step
                 window_tokens += self.shape.tokens_per_step
-                if self.step % tc.log_interval == 0 or self.step == self.total_steps:
+                last = self.step == self.total_steps or self._out_of_time()
+                if self.step % tc.log_interval == 0 or last:
                     loss_value = rt.all_reduce_mean(loss.item())  # the only host sync in the loop
                     rt.synchronize()
                     window_time += time.perf_counter() - t0
@@ -345,11 +339,11 @@ class Trainer:
                     window_time += time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
-                if self.step % tc.eval_interval == 0 or self.step == self.total_steps:
+                if self.step % tc.eval_interval == 0 or last:
                     self._run_eval()
                 if self.preset.samples.interval and self.step % self.preset.samples.interval == 0 and rt.is_main:
                     write_samples(self, print_them=False)
-                if self.step % tc.save_interval == 0 or self.step == self.total_steps or self._stop_reason:
+                if self.step % tc.save_interval == 0 or last or self._stop_reason:
                     self.save("rolling")
                 if tc.milestone_interval and self.step % tc.milestone_interval == 0:
                     self.save(f"{tc.milestone_prefix}{self.step}")
@@ -359,16 +353,23 @@ class Trainer:
         stop_reason = self._stop_reason or "completed"
         if rt.is_main:
             print(f"stopped at step {self.step}: {stop_reason}", file=sys.stderr)
-            if stop_reason == "completed" or stop_reason.startswith("early stopping"):
+            if stop_reason == "completed" or stop_reason.startswith(("early stopping", "time budget")):
                 write_samples(self, print_them=True)
-        result = TrainResult(
-            self.run_dir, self.step, self.tokens, last_loss, dict(self.last_val), self.best_val_loss,
-            stop_reason, self.elapsed(), self.resumed_from,
-        )
+        result = TrainResult(self.run_dir, self.step, self.tokens, last_loss, dict(self.last_val), self.best_val_loss,
+                             stop_reason, self.elapsed(), self.resumed_from)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         self.metrics.close()
+        if rt.is_main:
+            run_dir_lib.save_result(self.run_dir, result)
         return result
+
+    def _out_of_time(self) -> bool:
+        """`train.max_seconds` reached (the mean of the ranks' clocks decides, so all agree); sets the stop reason."""
+        limit = self.preset.train.max_seconds
+        if out := limit is not None and self.runtime.all_reduce_mean(self.elapsed()) >= limit:
+            self.request_stop(f"time budget: train.max_seconds ({limit:g} s) reached")
+        return out
 
     def _run_eval(self) -> None:
         t0 = time.perf_counter()
