@@ -183,3 +183,34 @@ def test_compare_cli_end_to_end(tmp_path, small_text):
     assert "| a | 1 |" in proc.stdout and "report.html" in proc.stdout
     row = json.loads((tmp_path / "o" / "compare.json").read_text())["table"][0]
     assert row["steps"] == math.ceil(300 / 128) and row["tokens"] == row["steps"] * 128
+
+
+def test_ctrl_c_reports_what_finished_and_the_same_command_resumes(tmp_path, small_text):
+    import os
+    import signal
+    import time
+
+    quick = _preset_file(tmp_path, "quick", small_text)
+    slow = _preset_file(tmp_path, "slow", small_text, max_steps=400, save_interval=5, eval_interval=400)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "ctrl_c", "runs": [{"name": "quick", "preset": str(quick)},
+                                                            {"name": "slow", "preset": str(slow)}]}))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "lmforge", "compare", "--recipe", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    slow_metrics = lambda: [p for p in out.glob("runs/slow_*/metrics.jsonl") if len(read_metrics(p.parent)) >= 12]  # noqa: E731
+    while not slow_metrics() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: compare and its run both get it
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted during slow" in stderr and "| quick | 1 |" in stdout
+    slow_dir = slow_metrics()[0].parent
+    stopped = json.loads((slow_dir / "result.json").read_text())
+    assert stopped["stop_reason"] == "signal SIGINT" and stopped["steps"] >= 12
+    # the same command again: quick is reused, slow resumes from the checkpoint its graceful stop wrote
+    again = run_compare(load_spec(str(spec)), out, echo=False)
+    assert [o.status for o in again.outcomes] == ["reused", "trained"]
+    done = json.loads((slow_dir / "result.json").read_text())
+    assert done["stop_reason"] == "completed" and done["steps"] == 400 and done["resumed_from"] == stopped["steps"]
