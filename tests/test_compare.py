@@ -6,6 +6,7 @@ import math
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,14 @@ def _preset_file(tmp_path, name, data, **train):
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(raw))
     return path
+
+
+def _readable(path) -> bool:
+    try:
+        path.read_text()
+        return True
+    except OSError:
+        return False
 
 
 def _val(run_dir):
@@ -185,7 +194,10 @@ def test_compare_cli_end_to_end(tmp_path, small_text):
     assert row["steps"] == math.ceil(300 / 128) and row["tokens"] == row["steps"] * 128
 
 
-def test_ctrl_c_reports_what_finished_and_the_same_command_resumes(tmp_path, small_text):
+@pytest.mark.parametrize("via_terminal", [True, False], ids=["ctrl_c", "kill_int_of_compare_alone"])
+def test_ctrl_c_reports_what_finished_and_the_same_command_resumes(tmp_path, small_text, via_terminal):
+    """A terminal's Ctrl-C reaches compare and its run (the process group); `kill -INT` reaches compare alone,
+    which then stops its run gracefully too. Either way nothing keeps training behind the user's back."""
     import os
     import signal
     import time
@@ -202,13 +214,15 @@ def test_ctrl_c_reports_what_finished_and_the_same_command_resumes(tmp_path, sma
     slow_metrics = lambda: [p for p in out.glob("runs/slow_*/metrics.jsonl") if len(read_metrics(p.parent)) >= 12]  # noqa: E731
     while not slow_metrics() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: compare and its run both get it
+    os.killpg(proc.pid, signal.SIGINT) if via_terminal else proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted during slow" in stderr and "| quick | 1 |" in stdout
     slow_dir = slow_metrics()[0].parent
     stopped = json.loads((slow_dir / "result.json").read_text())
-    assert stopped["stop_reason"] == "signal SIGINT" and stopped["steps"] >= 12
+    assert stopped["stop_reason"] == ("signal SIGINT" if via_terminal else "signal SIGTERM") and stopped["steps"] >= 12
+    assert not any("lmforge" in p.read_text() and str(out) in p.read_text()
+                   for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p))  # the run's process is gone
     # the same command again: quick is reused, slow resumes from the checkpoint its graceful stop wrote
     again = run_compare(load_spec(str(spec)), out, echo=False)
     assert [o.status for o in again.outcomes] == ["reused", "trained"]

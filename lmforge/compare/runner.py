@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -90,7 +91,8 @@ def train_planned(planned: PlannedRun, runs_dir: Path, trust_code: bool = False,
         pump.start()
         try:
             code = proc.wait()
-        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save and stop
+        except KeyboardInterrupt:  # a terminal's Ctrl-C reached the run too; a `kill -INT` of compare alone did not
+            proc.send_signal(signal.SIGTERM)  # either way a graceful stop (a second SIGINT would make it stop at once)
             proc.wait()
             pump.join()
             raise CompareInterrupted(f"interrupted during {planned.name} (seed {planned.seed}); it saved, and the "
