@@ -54,7 +54,7 @@ def main() -> None:
     spec = load_spec("bitnet")
     if args.steps:
         spec = spec.model_copy(update={"budget": Budget(kind="steps", value=args.steps)})
-    out = REPO / "runs" / "compare" / "bitnet"
+    out = Path("runs") / "compare" / "bitnet"  # relative: the JSON it writes names run dirs from the repo root
     result = run_compare(spec, out)
     groups = {g.name: g for g in result.groups if g.summaries}
     best_fp = min((n for n in groups if n.startswith("fp32")), key=lambda n: groups[n].summaries[0].val_loss)

@@ -88,7 +88,7 @@ def main() -> None:
         update["budget"] = Budget(kind="steps", value=args.steps)
     if args.seeds:
         update["seeds"] = [int(x) for x in args.seeds.split(",")]
-    result = run_compare(spec.model_copy(update=update), REPO / "runs" / "compare" / "forge")
+    result = run_compare(spec.model_copy(update=update), Path("runs") / "compare" / "forge")
     terms = {}
     for outcome in result.outcomes:
         if outcome.status != "failed":

@@ -35,16 +35,17 @@ class RunOutcome:
     error: str | None = None
 
 
+def stop_reason(run_dir: Path) -> str | None:
+    """How the run's last `fit()` ended (its result.json), or None when none ended."""
+    try:
+        return json.loads((run_dir / "result.json").read_text()).get("stop_reason")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def finished(run_dir: Path) -> bool:
     """The run's last `fit()` ended by spending its budget (not a signal, a crash or a stop by rollback)."""
-    path = run_dir / "result.json"
-    if not path.exists():
-        return False
-    try:
-        reason = json.loads(path.read_text()).get("stop_reason", "")
-    except (OSError, json.JSONDecodeError):
-        return False
-    return reason.startswith(FINISHED)
+    return (stop_reason(run_dir) or "").startswith(FINISHED)
 
 
 def _pump(stream, sinks: list[Callable[[bytes], None]]) -> None:
@@ -101,6 +102,5 @@ def train_planned(planned: PlannedRun, runs_dir: Path, trust_code: bool = False,
     if code != 0:
         return RunOutcome(planned, run_dir, "failed", f"exit {code}: {_error_line(bytes(tail))}")
     if not finished(run_dir):
-        reason = json.loads((run_dir / "result.json").read_text()).get("stop_reason") if (run_dir / "result.json").exists() else "?"
-        return RunOutcome(planned, run_dir, "failed", f"stopped before its budget: {reason}")
+        return RunOutcome(planned, run_dir, "failed", f"stopped before its budget: {stop_reason(run_dir) or '?'}")
     return RunOutcome(planned, run_dir, "trained")

@@ -96,13 +96,6 @@ class PlannedRun:
         return f"{self.name}_s{self.seed}_{digest}"
 
 
-def _apply(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    raw = dict(raw)
-    for key, value in overrides.items():
-        raw = apply_overrides(raw, {key: value}) if "." in key else {**raw, key: value}
-    return raw
-
-
 def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
     """Every (run, seed), validated as a preset now, so a typo fails before anything trains."""
     planned = []
@@ -112,8 +105,8 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
         except PresetError as err:
             raise PresetError(f"compare run {run.name!r}: {err}") from None
         for seed in spec.seeds:
-            raw = _apply(_apply(base, spec.overrides), run.overrides)
-            raw = _apply(raw, {"train.seed": seed, "data.seed": seed, **(spec.budget.overrides() if spec.budget else {})})
+            raw = apply_overrides(apply_overrides(base, spec.overrides), run.overrides)  # a key without a dot: a whole section
+            raw = apply_overrides(raw, {"train.seed": seed, "data.seed": seed, **(spec.budget.overrides() if spec.budget else {})})
             raw["name"] = run.name
             try:
                 validate_preset(raw)

@@ -19,7 +19,7 @@ FIGURES = [
     ("wall_seconds", "wall s", "{:.1f}"),
     ("peak_mem_gib", "peak GiB", "{:.2f}"),
 ]
-DIFFERENCES = ("val_loss", "val_bpb", "val_accuracy")  # deltas as differences; the speed figures as ratios
+DIFFERENCES = ("val_loss", "val_bpb", "val_bpc", "val_accuracy")  # deltas as differences; the speed figures as ratios
 RATIOS = ("tokens_per_sec", "wall_seconds")
 
 
@@ -71,12 +71,12 @@ def table_rows(groups: list[RunGroup]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": g.name, "seeds": len(g.summaries), "failed": g.failures,
                                "params": g.first("params"), "steps": g.first("steps"), "tokens": g.first("tokens"),
                                "flops": g.first("flops")}
-        for key, _, _ in FIGURES + [("val_bpc", "", "")]:
+        for key in [k for k, _, _ in FIGURES] + ["val_bpc"]:
             st = g.figure(key)
             row[key], row[f"{key}_std"] = st.mean, st.std
             ref = base.figure(key).mean
             if st.mean is not None and ref is not None:
-                if key in DIFFERENCES or key == "val_bpc":
+                if key in DIFFERENCES:
                     row[f"{key}_delta"] = st.mean - ref
                 elif key in RATIOS and ref:
                     row[f"{key}_ratio"] = st.mean / ref
@@ -100,7 +100,7 @@ def markdown_table(groups: list[RunGroup]) -> str:
     head = ["run", "seeds", "params", "steps", "tokens", "FLOPs"]
     for key, title, _ in figures:
         head.append(title)
-        if key in DIFFERENCES or key == "val_bpc":
+        if key in DIFFERENCES:
             head.append("Δ")
         if key in RATIOS:
             head.append("× first")
@@ -113,7 +113,7 @@ def markdown_table(groups: list[RunGroup]) -> str:
         for key, _, fmt in figures:
             st, ref = g.figure(key), base.figure(key).mean
             cells.append(st.format(fmt))
-            if key in DIFFERENCES or key == "val_bpc":
+            if key in DIFFERENCES:
                 cells.append("-" if g is base or st.mean is None or ref is None else f"{st.mean - ref:+.4f}")
             if key in RATIOS:
                 cells.append("-" if g is base or st.mean is None or not ref else f"{st.mean / ref:.2f}×")
