@@ -9,16 +9,20 @@ import torch
 
 from lmforge.config import Preset
 from lmforge.models import build_model
+from lmforge.objectives.auxiliary import HEADS_NAME, attach_auxiliary_heads
 from lmforge.objectives.heads import restore_heads
 from lmforge.registry import LAYER_SWAPS
 
 
-def build_run_model(preset: Preset, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+def build_run_model(preset: Preset, state: dict[str, torch.Tensor] | None = None, auxiliary: bool = False) -> torch.nn.Module:
     """`preset.model` built and passed through `preset.layer_swaps` in order; with a checkpoint's `state`, the heads
-    an objective attached in training (classification_head, ...) are re-attached so the state loads."""
+    an objective attached in training (classification_head, the auxiliary heads, ...) are re-attached so the state
+    loads. `auxiliary`: attach the preset's auxiliary heads even without a state (to count their parameters)."""
     model = build_model(preset.model)
     for swap in preset.layer_swaps:
         model = LAYER_SWAPS.get(swap.name)(model, swap)
     if state is not None:
         restore_heads(model, state)
+    if preset.auxiliary.enabled and (auxiliary or (state is not None and any(k.startswith(HEADS_NAME + ".") for k in state))):
+        attach_auxiliary_heads(model, preset.auxiliary)
     return model

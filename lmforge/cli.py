@@ -132,6 +132,8 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
         streamer.feed(token_id)
 
     stop_ids = [tok.eos_id] if tok.eos_id is not None else None
+    if ns.rerank is not None:
+        return _generate_reranked(ns, run, ids, sampling, stop_ids)
     if ns.draft_run_dir is not None:
         return _generate_speculative(ns, run, ids, sampling, stop_ids, stream, streamer.finish)
     with torch.inference_mode():
@@ -139,6 +141,23 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
                  stream_callback=stream, stop_strings=stops, decode=tok.decode)
     streamer.finish()
     sys.stdout.write("\n")
+    return 0
+
+
+def _generate_reranked(ns: argparse.Namespace, run: LoadedRun, ids: list[int], sampling, stop_ids: list[int] | None) -> int:
+    """`generate --rerank value|nll`: --candidates samples, the best printed; every candidate's score goes to stderr."""
+    from lmforge.generation.rerank import rerank_generate
+    from lmforge.generation.stop import trim_at_stop
+
+    try:
+        result = rerank_generate(run.model, ids, ns.max_new_tokens, ns.candidates, ns.rerank, sampling, stop_ids)
+    except ValueError as err:
+        raise CommandError(f"run {ns.run_dir}: {err}") from None
+    stops = _stops(ns)
+    for i, (cand, score) in enumerate(zip(result.candidates, result.scores)):
+        chosen = "*" if cand is result.best else " "
+        print(f"{chosen} candidate {i}: {ns.rerank} score {score:.4f}", file=sys.stderr)
+    sys.stdout.write(trim_at_stop(run.tokenizer.decode(result.best), stops) + "\n")
     return 0
 
 
@@ -459,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="recompute the full context each step (for checking the KV cache)")
     g.add_argument("--draft-run-dir", default=None, help="speculative decoding: a smaller run with the same tokenizer proposes tokens")
     g.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per target forward")
+    g.add_argument("--rerank", choices=["value", "nll"], default=None,
+                   help="sample --candidates continuations and print the one the value head (a run trained with "
+                        "auxiliary.enable_value) expects to continue most easily, or the one of lowest own NLL; off by default")
+    g.add_argument("--candidates", type=int, default=4, help="--rerank: continuations sampled per prompt")
     g.add_argument("--steps", type=int, default=64, help="mask_diffusion runs: denoising steps (split over the blocks)")
     g.add_argument("--block-size", type=int, default=None, help="mask_diffusion runs: semi-autoregressive block length; default: one block")
     g.add_argument("--remasking", choices=["ancestral", "low_confidence"], default="ancestral",

@@ -23,6 +23,8 @@ from lmforge.code_policy import code_policy
 from lmforge.config_base import Section
 from lmforge.data.config import DataConfig
 from lmforge.errors import PresetError  # noqa: F401  (re-exported: lmforge.config.PresetError)
+from lmforge.objectives.auxiliary import AuxiliaryConfig
+from lmforge.preset_compat import translate_seed002
 from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Registry
 from lmforge.run_point import at_step
 
@@ -254,6 +256,7 @@ class Preset(Section):
     grad_filters: list[Any] = Field(default_factory=list)
     layer_swaps: list[Any] = Field(default_factory=list)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    auxiliary: AuxiliaryConfig = Field(default_factory=AuxiliaryConfig, description="seed 002's auxiliary heads (all off by default)")
     stages: list[StageConfig] | None = Field(
         None, min_length=1, description="a stage plan (curriculum): ordered stages, each with its own end, data and model settings; None = one stage"
     )
@@ -359,6 +362,9 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
         problems = [p + "; stages without their own data.sources train on it" if p.startswith("data.sources: required") else p for p in problems]
     if preset is not None and preset.stages is not None and model is not None:
         _validate_stages(preset, model.arch, problems)
+    if preset is not None and preset.auxiliary.enable_span_contrastive and preset.train.batch_size < 2:
+        problems.append("auxiliary.enable_span_contrastive: InfoNCE scores each row's span against the other rows' spans; "
+                        f"train.batch_size must be >= 2 (got {preset.train.batch_size})")
     if problems or preset is None:
         raise PresetError("\n".join(problems))
     preset.model, preset.objective, preset.grad_filters, preset.layer_swaps = model, objective, filters, swaps
@@ -527,6 +533,7 @@ def load_preset(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raw = source
     else:
         raw = read_preset_file(resolve_preset_path(str(source)))
+    raw = translate_seed002(raw)  # seed 002's key names, each mapping printed once
     if overrides:
         raw = apply_overrides(raw, overrides)
     with code_policy("trust") if trust_code else contextlib.nullcontext():  # else: the caller's policy, by default refuse

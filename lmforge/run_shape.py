@@ -30,7 +30,8 @@ def sequence_length(preset: Preset) -> int:
 def reserved_ids(preset: Preset) -> int:
     """Token ids the run's objectives (its own and its stages') need beyond the tokenizer's, e.g. a [MASK]."""
     objectives = [preset.objective] + [s.objective for s in preset.stages or [] if s.objective is not None]
-    return max((o.reserved_ids for o in objectives if isinstance(o, ReservingObjectiveConfig)), default=0)
+    own = max((o.reserved_ids for o in objectives if isinstance(o, ReservingObjectiveConfig)), default=0)
+    return max(own, preset.auxiliary.reserved_ids)  # one [MASK] (vocab - 1) serves both
 
 
 def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape:
@@ -50,22 +51,30 @@ def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape
     elif tc.train_tokens:
         total = math.ceil(tc.train_tokens / per_step)
     else:
-        per_token = model_flops_per_token(preset.model_copy(update={"model": model.model_copy(update={"vocab_size": vocab})}), seq)
+        per_token = training_flops_per_token(preset.model_copy(update={"model": model.model_copy(update={"vocab_size": vocab})}), seq)
         if not per_token:
             raise PresetError(f"train.train_flops: model arch {model.arch!r} does not count its FLOPs; set train.max_steps or train.train_tokens")
         total = max(1, math.ceil(tc.train_flops / (per_token * per_step)))
     return RunShape(seq, vocab, tc.batch_size, tc.grad_accum_steps, world_size, total)
 
 
-def model_flops_per_token(resolved: Preset, seq_length: int) -> float:
-    """Training FLOPs per token of the run's model (its own count, layer swaps included), built on the meta device:
-    no memory, no RNG draws, so a run's init is the same whether or not this was asked."""
+def training_flops_per_token(resolved: Preset, seq_length: int) -> float:
+    """Training FLOPs per token of the run: its model's own count (layer swaps included) plus what the auxiliary
+    heads add. Built on the meta device: no memory, no RNG draws, so a run's init is the same whether or not this
+    was asked. 0 for an arch that does not count its FLOPs."""
     import torch
 
     from lmforge.assembly import build_run_model
+    from lmforge.objectives.auxiliary import auxiliary_flops_per_token
+    from lmforge.objectives.heads import hidden_size
 
     with torch.device("meta"):
-        return build_run_model(resolved).flops_per_token(seq_length)
+        model = build_run_model(resolved)
+        trunk = model.flops_per_token(seq_length)
+        if not trunk or not resolved.auxiliary.enabled:
+            return trunk
+        vocab = model.get_input_embeddings().num_embeddings
+        return trunk + auxiliary_flops_per_token(resolved.auxiliary, hidden_size(model), vocab, trunk)
 
 
 def resolved_preset(preset: Preset, shape: RunShape) -> Preset:

@@ -16,7 +16,7 @@ from lmforge.cli import main
 from lmforge.compare import load_spec, recipe_names, run_compare, spec_from_presets, summarize_run
 from lmforge.config import load_preset
 from lmforge.errors import PresetError
-from lmforge.run_shape import model_flops_per_token
+from lmforge.run_shape import training_flops_per_token
 from lmforge.training.metrics import read_metrics
 
 
@@ -58,7 +58,7 @@ def test_two_presets_give_a_table_plots_and_a_report_and_finished_runs_are_reuse
         assert rows[outcome.planned.name]["steps"] == 5
     assert rows["wider"]["val_loss_delta"] == pytest.approx(rows["wider"]["val_loss"] - rows["base"]["val_loss"])
     assert rows["wider"]["params"] > rows["base"]["params"]
-    assert rows["base"]["flops"] == pytest.approx(5 * 4 * 32 * model_flops_per_token(load_preset(
+    assert rows["base"]["flops"] == pytest.approx(5 * 4 * 32 * training_flops_per_token(load_preset(
         json.loads((result.outcomes[0].run_dir / "preset.json").read_text())), 32))
     table = (out / "table.md").read_text()
     assert "| base |" in table and "| wider |" in table and "val bpb" in table
@@ -99,7 +99,7 @@ def test_token_and_flop_budgets_set_the_steps(tmp_path, small_text):
     assert lmforge.train(raw, run_dir=tmp_path / "tokens").steps == math.ceil(1000 / 128)
     assert json.loads((tmp_path / "tokens" / "preset.json").read_text())["model"]["vocab_size"] == 58
     probe = load_preset(tiny_preset(small_text))
-    per_token = model_flops_per_token(probe.model_copy(update={"model": probe.model.model_copy(update={"vocab_size": 58})}), 32)
+    per_token = training_flops_per_token(probe.model_copy(update={"model": probe.model.model_copy(update={"vocab_size": 58})}), 32)
     for steps_worth, steps in ((5.01, 6), (4.99, 5)):  # the count must be exact to a fraction of a percent
         raw = tiny_preset(small_text, max_steps=None, train_flops=steps_worth * per_token * 128)
         assert lmforge.train(raw, run_dir=tmp_path / f"flops{steps}").steps == steps

@@ -65,13 +65,13 @@ def model_size(preset_raw: dict[str, Any]) -> tuple[int | None, float | None]:
     from lmforge.assembly import build_run_model
     from lmforge.config import validate_preset
     from lmforge.errors import PresetError
-    from lmforge.run_shape import sequence_length
+    from lmforge.run_shape import sequence_length, training_flops_per_token
 
     try:
         preset = validate_preset(preset_raw)
         with torch.device("meta"):
-            model = build_run_model(preset)
-        return sum(p.numel() for p in model.parameters()), model.flops_per_token(sequence_length(preset)) or None
+            model = build_run_model(preset, auxiliary=True)
+        return sum(p.numel() for p in model.parameters()), training_flops_per_token(preset, sequence_length(preset)) or None
     except (PresetError, ValueError, TypeError, RuntimeError):
         return None, None
 

@@ -81,6 +81,11 @@ def generate(
     return results
 
 
+def context_limit(model: nn.Module) -> int | None:
+    """The most tokens the model attends to (its config's block_size), None for a model without a limit."""
+    return getattr(getattr(model, "config", None), "block_size", None)
+
+
 def _generate_batch(
     model: nn.Module,
     ids: torch.Tensor,
@@ -94,7 +99,7 @@ def _generate_batch(
 ) -> list[list[int]]:
     """Decode one batch of equal-length prompts ids (B, T)."""
     B = ids.size(0)
-    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    block_size = context_limit(model)
     context = _CachedContext(model, B) if use_cache and hasattr(model, "new_cache") and hasattr(model, "step") else None
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B

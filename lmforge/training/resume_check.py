@@ -17,7 +17,7 @@ from lmforge.config import Preset, validate_preset
 from lmforge.errors import PresetError
 from lmforge.training.checkpoint import CheckpointManager, read_meta
 
-IDENTITY = ("model", "data", "objective", "layer_swaps", "grad_filters", "stages",
+IDENTITY = ("model", "data", "objective", "auxiliary", "layer_swaps", "grad_filters", "stages",
             "train.batch_size", "train.grad_accum_steps", "train.seed", "train.optimizer",
             # restored with the optimizer state (its param groups), so a new value would be silently ignored:
             "train.weight_decay", "train.beta1", "train.beta2", "train.eps")

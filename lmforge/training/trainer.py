@@ -22,6 +22,7 @@ from lmforge.data import DataPipeline, build_val_batches
 from lmforge.evaluation import evaluate_lm
 from lmforge.inference import LoadedRun, load_run
 from lmforge.objectives import StepContext
+from lmforge.objectives.auxiliary import with_auxiliary
 from lmforge.protocols import Objective
 from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
@@ -35,7 +36,7 @@ from lmforge.training.recovery import log_skip, roll_back
 from lmforge.training.resume_check import check_run_dir
 from lmforge.training.samples import write_samples
 from lmforge.training.setup import setup_labels, setup_model, setup_tokenizer
-from lmforge.run_shape import RunShape, resolved_preset, run_shape
+from lmforge.run_shape import RunShape, resolved_preset, run_shape, training_flops_per_token
 from lmforge.training.signals import graceful_stop
 from lmforge.training.step_guard import StepGuard, Verdict
 from lmforge.training.update import apply_update
@@ -102,7 +103,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
-        self.flops_per_token = self.model.flops_per_token(self.seq_length)
+        self.flops_per_token = training_flops_per_token(self.resolved, self.seq_length)  # the heads' cost included
         self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
 
     @property
@@ -122,10 +123,10 @@ class Trainer:
         )
 
     def _setup_objectives(self) -> list[Objective]:
-        """One objective per stage: the run's, or the stage's own (built here, so a head it attaches is in the optimizer
-        and the checkpoints; used from the stage's first step, with fresh state)."""
-        run_objective = OBJECTIVES.get(self.preset.objective.name)(self.preset.objective)
-        objectives = [run_objective if s.objective is None else OBJECTIVES.get(s.objective.name)(s.objective) for s in self.stages.stages]
+        """One objective per stage, the run's or the stage's own (built here, so its heads are in the optimizer and checkpoints)."""
+        build = lambda spec: with_auxiliary(OBJECTIVES.get(spec.name)(spec), self.preset.auxiliary, spec.name)  # noqa: E731
+        run_objective = build(self.preset.objective)  # each with the preset's auxiliary heads, when it enables any
+        objectives = [run_objective if s.objective is None else build(s.objective) for s in self.stages.stages]
         for objective in {id(o): o for o in objectives}.values():
             objective.bind(self.model, self)
         return objectives
