@@ -119,7 +119,7 @@ class TrainConfig(Section):
         "simple_lm_trained.pth", description="also mirror the newest weights to this file in the run dir (seed 002); None = off"
     )
     init_from: str | None = Field(
-        None, description='initial weights for a fresh run: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR" or "RUN_DIR:SLOT"; None = random init'
+        None, description='initial weights for a fresh run: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR", "RUN_DIR:SLOT" or a .safetensors file; None = random init'
     )
 
     @model_validator(mode="after")

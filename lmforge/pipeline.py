@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 
+GIVEN_MODEL_FILE = "given_model.safetensors"  # model=nn.Module: its weights, read by train.init_from
 EVENTS = ("train_start", "step_end", "epoch_end", "eval", "checkpoint", "train_end")
 
 # seed 001 option -> dotted preset key (values pass through unchanged)
@@ -55,13 +56,14 @@ HANDLED = {
     "epochs", "use_amp", "gradient_clipping", "max_grad_norm", "early_stopping", "patience", "objective",
     "tokenizer", "source_type", "source_options", "overrides", "preset", "run_dir",
     "use_grokfast", "grokfast_alpha", "grokfast_lambda", "use_bitnet", "grad_filters", "layer_swaps",
+    "weight_bits", "quantization_mode", "streaming",
 }
 # Seed options lmforge does not take, with the reason given back to the caller.
-REFUSED = {
-    "quantization_mode": "BitNet b1.58 quantizes deterministically (round-to-nearest ternary); there is no other mode",
-    "weight_bits": "BitNet b1.58 weights are ternary (1.58 bits); use use_bitnet=True",
-    "streaming": "every lmforge source streams; there is nothing to switch",
-}
+REFUSED: dict[str, str] = {}
+# Seed 001's BitNet options: its documented values select the `bitlinear` swap (b1.58: ternary weights, absmean
+# scale, deterministic round-to-nearest); any other value is refused with why.
+BITNET_WEIGHT_BITS = (1, 1.58)  # the seed writes weight_bits=1 for BitNet b1.58's ternary weights
+BITNET_MODES = ("deterministic",)
 
 
 class PipelineError(ValueError):
@@ -205,10 +207,18 @@ class TrainingPipeline:
             raw["objective"] = {"name": "classification" if task == "classification" else "clm"}
         raw["grad_filters"] = list(cfg.get("grad_filters", raw.get("grad_filters", [])))
         raw["layer_swaps"] = list(cfg.get("layer_swaps", raw.get("layer_swaps", [])))
-        if cfg.get("use_grokfast"):
-            raw["grad_filters"].append(_grokfast_spec(cfg))
-        if cfg.get("use_bitnet"):
+        if cfg.get("use_grokfast"):  # a base preset's own grokfast_ema takes the options' alpha / lambda instead
+            own = next((f for f in raw["grad_filters"] if f.get("name") == "grokfast_ema"), None)
+            spec = _grokfast_spec(cfg)
+            if own is None:
+                raw["grad_filters"].append(spec)
+            else:
+                own.update(spec)
+        if _wants_bitnet(cfg) and not any(s.get("name") == "bitlinear" for s in raw["layer_swaps"]):
             raw["layer_swaps"].append(_registered_spec("LAYER_SWAPS", "bitlinear", "use_bitnet"))
+        if "streaming" in cfg:  # every lmforge source reads its files as a stream; nothing to switch
+            _note(f"streaming={cfg['streaming']!r}: lmforge's sources always stream their files (data.cache_size "
+                  "bounds what is held in memory)")
         if "warmup_steps" in cfg:
             train.setdefault("lr_schedule", {"name": "warmup_cosine"})
         overrides = {SEED_OPTIONS[k]: v for k, v in cfg.items() if k in SEED_OPTIONS}
@@ -222,11 +232,18 @@ class TrainingPipeline:
 
         spec = self.model_spec
         self._init_run, self._init_run_preset = None, None
-        if isinstance(spec, torch.nn.Module):
-            raise PipelineError(
-                "model= takes an arch name, a model config dict or an lmforge run dir, not an nn.Module: lmforge builds the "
-                "model from a registered arch so checkpoints can rebuild it; train the module's run, or register its arch"
-            )
+        self._module = None
+        if isinstance(spec, torch.nn.Module):  # Phase 4's output: trained as given (its config, then its weights)
+            config = getattr(spec, "config", None)
+            arch = next((n for n in MODELS.names() if config is not None and MODELS.config_class(n) is type(config)), None)
+            if arch is None:
+                raise PipelineError(
+                    f"model=: a {type(spec).__name__} has no config of a registered arch ({', '.join(MODELS.names())}), so "
+                    "lmforge's checkpoints could not rebuild it; pass an lmforge model (lmforge.models.build_model, or a "
+                    "trained run's model), or register its arch with lmforge.registry.MODELS.register"
+                )
+            self._module = spec
+            return config.model_dump(mode="json")
         if spec is None:
             if not from_preset:
                 raise PipelineError("model= is required (an arch name, a model config dict or a run dir)")
@@ -266,6 +283,14 @@ class TrainingPipeline:
         preset = load_preset(raw)
         run_dir = Path(self.config.get("run_dir") or run_dir_lib.default_run_dir(preset))
         run_dir_lib.prepare(run_dir)
+        if self._module is not None:  # the given module's weights start the run (train.init_from reads the file)
+            from safetensors.torch import save_file
+
+            from lmforge.training.checkpoint import unique_state_dict
+
+            weights = run_dir / GIVEN_MODEL_FILE
+            save_file({k: v.detach().cpu().contiguous() for k, v in unique_state_dict(self._module).items()}, str(weights))
+            preset.train.init_from = str(weights)
         data = preset.data
         if self._init_run is not None:
             from lmforge.data import load_tokenizer
@@ -373,6 +398,29 @@ def _registered_spec(registry_name: str, name: str, option: str) -> dict[str, An
     if name not in reg:
         raise PipelineError(f"{option}=True needs the {reg.kind} {name!r}, which this lmforge build lacks; registered: {', '.join(reg.names()) or '(none)'}")
     return {"name": name}
+
+
+def _wants_bitnet(cfg: dict[str, Any]) -> bool:
+    """use_bitnet, or seed 001's weight_bits / quantization_mode, checked against what BitNet b1.58 is."""
+    bits, mode = cfg.get("weight_bits"), cfg.get("quantization_mode")
+    if bits is not None and bits not in BITNET_WEIGHT_BITS:
+        raise PipelineError(f"weight_bits={bits!r}: lmforge's BitNet is b1.58, ternary weights (weight_bits=1 or 1.58); "
+                            "for 8/4-bit weights train without it and quantize the export")
+    if mode is not None and mode not in BITNET_MODES:
+        raise PipelineError(f"quantization_mode={mode!r}: BitNet b1.58 rounds to the nearest ternary value "
+                            f"({', '.join(map(repr, BITNET_MODES))}); stochastic rounding is not part of it")
+    if cfg.get("use_bitnet") is False and (bits is not None or mode is not None):
+        raise PipelineError("weight_bits / quantization_mode configure BitNet, but use_bitnet=False; drop them or set use_bitnet=True")
+    return bool(cfg.get("use_bitnet") or bits is not None or mode is not None)
+
+
+_noted: set[str] = set()
+
+
+def _note(message: str) -> None:
+    if message not in _noted:
+        _noted.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _grokfast_spec(cfg: dict[str, Any]) -> dict[str, Any]:

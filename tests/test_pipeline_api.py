@@ -103,7 +103,10 @@ def test_separate_val_file_is_read_whole_for_lm(tmp_path, shared_data):
     ({"train_data_path": "/no/such/file.json"}, "does not exist"),
     ({"batch_size": 0}, "train.batch_size"),
     ({"bogus_option": 1}, "unknown option(s) bogus_option"),
-    ({"weight_bits": 1}, "ternary"),
+    ({"weight_bits": 4}, "ternary"),
+    ({"quantization_mode": "stochastic"}, "nearest ternary"),
+    ({"weight_bits": 1, "use_bitnet": False}, "use_bitnet=False"),
+    ({"model": torch.nn.Linear(3, 3)}, "no config of a registered arch"),
     ({"model": "no_such_arch"}, "neither a registered arch"),
 ])
 def test_bad_setup_comes_back_as_a_failed_result(tmp_path, shared_data, options, reason):
@@ -144,6 +147,44 @@ def test_phase5_presets_validate_and_drive_the_pipeline(tmp_path, shared_data):
     preset = json.loads((tmp_path / "run" / "preset.json").read_text())
     assert preset["objective"]["name"] == "classification" and preset["data"]["sources"][0]["path"] == str(path)
     assert preset["model"]["n_layer"] == 4 and preset["train"]["lr"] == 0.002 and preset["train"]["lr_schedule"]["warmup_steps"] == 1
+    # the seed's Fast values: BitNet b1.58 + Grokfast EMA alpha 0.95 / lambda 3; High Quality: lambda 1
+    assert [s["name"] for s in preset["layer_swaps"]] == ["bitlinear"]
+    assert [(f["name"], f["alpha"], f["lamb"]) for f in preset["grad_filters"]] == [("grokfast_ema", 0.95, 3.0)]
+    quality = load_preset("phase5_quality_cpu")
+    assert [(f.name, f.alpha, f.lamb) for f in quality.grad_filters] == [("grokfast_ema", 0.98, 1.0)] and not quality.layer_swaps
+
+
+def test_seed_documented_options_map_onto_bitnet_grokfast_and_streaming(tmp_path, shared_data):
+    """The seed's Default Configuration: weight_bits=1 / quantization_mode='deterministic' select the bitlinear swap,
+    streaming is accepted, and use_grokfast over a preset with its own grokfast_ema sets that one filter's values."""
+    path = write_corpus_classification(tmp_path / "cls.json", shared_data, n=40)
+    with pytest.warns(UserWarning, match="always stream"):
+        pipeline = create_training_pipeline(
+            model=TINY, train_data_path=path, experiment_name="seed", preset="phase5_fast_cpu", task="classification",
+            max_steps=1, use_bitnet=True, quantization_mode="deterministic", weight_bits=1, use_grokfast=True,
+            grokfast_alpha=0.98, grokfast_lambda=2.0, streaming=False, run_dir=str(tmp_path / "run"))
+        raw = pipeline.build_preset()
+    assert [s["name"] for s in raw["layer_swaps"]] == ["bitlinear"]
+    assert raw["grad_filters"] == [{"name": "grokfast_ema", "alpha": 0.98, "lamb": 2.0}]
+    assert asyncio.run(pipeline.setup().train()).success
+
+
+def test_a_given_lmforge_module_is_trained_from_its_own_weights(tmp_path, shared_data):
+    from lmforge.models import build_model
+    from lmforge.models.gpt import GPTConfig
+
+    torch.manual_seed(7)
+    module = build_model(GPTConfig(**{k: v for k, v in TINY.items() if k != "arch"}, vocab_size=300))
+    path = write_corpus_classification(tmp_path / "cls.json", shared_data, n=40)
+    pipeline = create_training_pipeline(model=module, train_data_path=path, experiment_name="given", max_steps=2,
+                                        batch_size=4, use_amp=False, run_dir=str(tmp_path / "run")).setup()
+    assert pipeline.error is None, pipeline.error
+    start = pipeline.trainer.model.state_dict()
+    for key, value in module.state_dict().items():
+        assert torch.equal(start[key], value), key  # the module's weights, not a fresh init
+    result = asyncio.run(pipeline.train())
+    assert result.success, result.error
+    assert not torch.equal(result.model.state_dict()["lm_head.weight"], module.state_dict()["lm_head.weight"])
 
 
 def test_epoch_end_carries_its_validation_when_log_interval_does_not_divide_the_epoch(tmp_path, shared_data):

@@ -16,11 +16,15 @@ from lmforge.training.state import load_model_state
 
 
 def source_state(spec: str) -> dict[str, torch.Tensor]:
-    """Weights named by `spec`: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR" (newest slot) or "RUN_DIR:SLOT"."""
+    """Weights named by `spec`: "hf:DIR" (transformers Llama/GPT-2), "RUN_DIR" (newest slot), "RUN_DIR:SLOT" or a .safetensors file."""
     if spec.startswith("hf:"):
         from lmforge.export.hf_import import load_hf_state
 
         return load_hf_state(spec[3:])[1]
+    if spec.endswith(".safetensors") and Path(spec).is_file():  # a weights file (the pipeline's model=nn.Module)
+        from safetensors.torch import load_file
+
+        return load_file(spec)
     from lmforge.inference import load_run
 
     path, slot = Path(spec), None
