@@ -484,7 +484,7 @@ def read_preset_file(path: Path) -> dict[str, Any]:
         raise PresetError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {err}") from None
     if isinstance(raw, dict) and "name" not in raw:
         raw["name"] = path.stem
-    return raw
+    return translate_seed002(raw)  # seed 002's key names, each mapping printed once
 
 
 def config_dir() -> Path:
@@ -530,10 +530,9 @@ def load_preset(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     A preset that names Python code (objective `python`) is refused unless `trust_code` (lmforge.code_policy).
     """
     if isinstance(source, dict):
-        raw = source
+        raw = translate_seed002(source)  # seed 002's key names (read_preset_file translates a file's)
     else:
         raw = read_preset_file(resolve_preset_path(str(source)))
-    raw = translate_seed002(raw)  # seed 002's key names, each mapping printed once
     if overrides:
         raw = apply_overrides(raw, overrides)
     with code_policy("trust") if trust_code else contextlib.nullcontext():  # else: the caller's policy, by default refuse

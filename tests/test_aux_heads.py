@@ -136,7 +136,10 @@ def test_bad_auxiliary_options_are_preset_errors(small_text):
                 small_text.parent / "mlm_run")
 
 
-def test_seed002_preset_names_train(tmp_path, small_text, capsys):
+def test_seed002_preset_names_train(tmp_path, small_text, capsys, monkeypatch):
+    from lmforge import preset_compat
+
+    monkeypatch.setattr(preset_compat, "_told", set())  # each mapping is printed once per process
     raw = {
         "name": "qa_plus_local",
         "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "seq_length": 32},

@@ -64,6 +64,21 @@ def _error_line(log: bytes) -> str:
     return (lines[-1] if lines else "no output")[:500]
 
 
+def _wait(proc: subprocess.Popen) -> int:
+    """proc.wait(), waking twice a second: a SIGINT the kernel hands to the pump thread instead of this one would
+    otherwise run Python's handler only once the run has ended (a `kill -INT` of compare would then be ignored)."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _interrupted(planned: PlannedRun) -> CompareInterrupted:
+    return CompareInterrupted(f"interrupted during {planned.name} (seed {planned.seed}); it saved, and the "
+                              "next compare with the same arguments resumes it")
+
+
 def train_planned(planned: PlannedRun, runs_dir: Path, trust_code: bool = False, echo: bool = True) -> RunOutcome:
     """Reuse the run if it finished, else train it (resuming what an interrupted compare left)."""
     run_dir = runs_dir / planned.key
@@ -91,14 +106,15 @@ def train_planned(planned: PlannedRun, runs_dir: Path, trust_code: bool = False,
         pump = threading.Thread(target=_pump, args=(proc.stderr, sinks), daemon=True)
         pump.start()
         try:
-            code = proc.wait()
+            code = _wait(proc)
         except KeyboardInterrupt:  # a terminal's Ctrl-C reached the run too; a `kill -INT` of compare alone did not
             proc.send_signal(signal.SIGTERM)  # either way a graceful stop (a second SIGINT would make it stop at once)
             proc.wait()
             pump.join()
-            raise CompareInterrupted(f"interrupted during {planned.name} (seed {planned.seed}); it saved, and the "
-                                     "next compare with the same arguments resumes it") from None
+            raise _interrupted(planned) from None
         pump.join()
+    if code == 0 and stop_reason(run_dir) == "signal SIGINT":  # the run took the terminal's Ctrl-C before compare did
+        raise _interrupted(planned)
     if code != 0:
         return RunOutcome(planned, run_dir, "failed", f"exit {code}: {_error_line(bytes(tail))}")
     if not finished(run_dir):
