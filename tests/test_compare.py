@@ -209,7 +209,9 @@ def test_ctrl_c_reports_what_finished_and_the_same_command_resumes(tmp_path, sma
                                                             {"name": "slow", "preset": str(slow)}]}))
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "lmforge", "compare", "--recipe", str(spec), "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a terminal's SIGINT disposition (an earlier test in this process may leave SIGINT ignored, which children inherit)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     slow_metrics = lambda: [p for p in out.glob("runs/slow_*/metrics.jsonl") if len(read_metrics(p.parent)) >= 12]  # noqa: E731
     while not slow_metrics() and time.monotonic() < deadline and proc.poll() is None:
