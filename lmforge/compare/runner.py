@@ -65,8 +65,8 @@ def _error_line(log: bytes) -> str:
 
 
 def _wait(proc: subprocess.Popen) -> int:
-    """proc.wait(), waking twice a second: a SIGINT the kernel hands to the pump thread instead of this one would
-    otherwise run Python's handler only once the run has ended (a `kill -INT` of compare would then be ignored)."""
+    """proc.wait(), waking twice a second: a process-directed SIGINT may be delivered to the pump thread, and Python
+    runs its handler only in the main thread, which a plain blocking wait would keep asleep until the run ends."""
     while True:
         try:
             return proc.wait(timeout=0.5)

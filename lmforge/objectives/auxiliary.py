@@ -272,10 +272,10 @@ class AuxiliaryObjective(Objective):
         """The policy, value and dynamics terms of one clean forward."""
         cfg, heads = self.cfg, heads_of(model)
         terms: dict[str, torch.Tensor] = {}
-        nll, valid = token_nll(logits, labels)
+        valid = labels != IGNORE_INDEX
         if cfg.enable_policy:
             terms["policy_kl"] = policy_kl(heads, hidden, logits, valid)
-        target = value_targets(nll, valid, cfg.value_horizon) if cfg.enable_value else None
+        target = value_targets(token_nll(logits, labels)[0], valid, cfg.value_horizon) if cfg.enable_value else None  # per-token NLL only for the value target
         if target is not None:
             terms["value_mse"] = value_loss(heads, hidden, *target)
         if cfg.enable_dynamics:
