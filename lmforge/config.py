@@ -94,6 +94,15 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     compile: bool = Field(False, description="torch.compile the model (pays off on long runs)")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard per block and on the root; "
+        "sharded torch.distributed.checkpoint slots that resume on any number of processes)"
+    )
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep the sharded parameters, gradients and optimizer state in host memory")
+    activation_checkpointing: Literal["none", "blocks", "selective"] = Field(
+        "none", description="recompute activations in backward: none, blocks (each block's whole forward) or selective "
+        "(keep matmul and attention outputs, recompute the rest, as torchtitan's op-level SAC)"
+    )
     seed: int = 1337
     deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise-reproducible resume on GPU)")
     log_interval: int = Field(10, ge=1, description="steps between metrics rows")
@@ -126,6 +135,20 @@ class TrainConfig(Section):
     def _budget(self) -> "TrainConfig":
         if self.max_steps is None and self.train_tokens is None and self.train_flops is None:
             raise ValueError("set train.max_steps, train.train_tokens or train.train_flops")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp(self) -> "TrainConfig":
+        if self.parallel != "fsdp":
+            if self.fsdp_cpu_offload:
+                raise ValueError("train.fsdp_cpu_offload needs train.parallel 'fsdp'")
+            return self
+        if self.async_save:
+            raise ValueError("train.async_save is not available with train.parallel 'fsdp' (its slots are written by every "
+                             "process through torch.distributed.checkpoint); set one of them off")
+        if isinstance(self.optimizer, dict) and self.optimizer.get("name") == "muon":
+            raise ValueError("train.optimizer 'muon' needs whole weight matrices for its Newton-Schulz step and fsdp shards "
+                             "them; use train.parallel 'ddp' or another optimizer")
         return self
 
 

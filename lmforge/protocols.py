@@ -41,6 +41,14 @@ class LanguageModel(Protocol):
         ...
 
 
+@runtime_checkable
+class BlockStack(Protocol):
+    """A model whose body is a stack of repeated blocks (every registered arch): the unit FSDP shards and
+    activation checkpointing recomputes."""
+
+    blocks: nn.ModuleList
+
+
 class RunContext(Protocol):
     """What an objective's `bind` may read of the run it joins (the Trainer is one)."""
 

@@ -46,6 +46,7 @@ class Runtime:
     world_size: int = 1
     compile: bool = False
     notes: list[str] = field(default_factory=list)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: the trainer shards the model (training/fsdp.py) and wrap leaves it
 
     @property
     def is_main(self) -> bool:
@@ -54,6 +55,12 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: parameters are sharded over the processes and checkpoints are written by all of them (DCP format,
+        also on one process, so the slots load on any number)."""
+        return self.parallel == "fsdp"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -124,12 +131,23 @@ class Runtime:
         """The module a train step runs: compiled when asked, DDP-wrapped under torchrun (the raw one is what is saved)."""
         if self.compile:
             model = torch.compile(model)
-        if self.distributed:
+        if self.distributed and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                                             find_unused_parameters=find_unused_parameters)
         return model
+
+    def gradient_sync(self, model: torch.nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """Gradient accumulation: reduce gradients over the processes only on the last micro-batch of a step."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.nn.parallel import DistributedDataParallel
+
+        if isinstance(model, DistributedDataParallel) and not last_micro_batch:
+            return model.no_sync()
+        if isinstance(model, FSDPModule):
+            model.set_requires_gradient_sync(last_micro_batch)
+        return contextlib.nullcontext()
 
     def all_reduce_mean_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean over ranks, on the device (a NaN on any rank makes the mean NaN, so all ranks see it)."""
@@ -200,6 +218,7 @@ def setup_runtime(
     compile: bool = False,
     model_width: int | None = None,
     deterministic: bool = False,
+    parallel: Literal["ddp", "fsdp"] = "ddp",
 ) -> Runtime:
     """Resolve the runtime once per process; pass the result down."""
     notes: list[str] = []
@@ -216,7 +235,7 @@ def setup_runtime(
     if compile and dev.type == "mps":
         notes.append("torch.compile is not used on mps")
         compile = False
-    return Runtime(dev, prec, rank, local_rank, world, compile, notes)
+    return Runtime(dev, prec, rank, local_rank, world, compile, notes, parallel)
 
 
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by device-name fragment.

@@ -31,6 +31,7 @@ class RunSummary:
     val_bpc: float | None = None
     val_accuracy: float | None = None
     best_val_loss: float | None = None
+    best_val_step: int | None = None  # where the best was: past it, val loss rose (the run started to overfit) or stalled
     tokens_per_sec: float | None = None
     mfu: float | None = None
     wall_seconds: float | None = None
@@ -98,7 +99,10 @@ def summarize_run(run_dir: Path, with_size: bool = True) -> RunSummary:
         last = vals[-1]
         s.val_loss, s.val_bpb, s.val_bpc = last["val_loss"], last.get("val_bpb"), last.get("val_bpc")
         s.val_accuracy = last.get("val_accuracy")
-        s.best_val_loss = min(r["val_loss"] for r in vals if isinstance(r["val_loss"], (int, float)))
+        finite = [r for r in vals if isinstance(r["val_loss"], (int, float))]
+        if finite:
+            best = min(finite, key=lambda r: r["val_loss"])  # the first of equal bests
+            s.best_val_loss, s.best_val_step = best["val_loss"], best["step"]
         s.extra = {k: v for k, v in last.items() if k.startswith("val_") and "/" in k and isinstance(v, (int, float))}
     s.wall_seconds = result["elapsed"] if result else (rows[-1].get("elapsed") if rows else None)
     if with_size and preset_raw is not None:

@@ -12,6 +12,7 @@ from lmforge.compare.run_summary import RunSummary
 FIGURES = [
     ("val_loss", "val loss", "{:.4f}"),
     ("best_val_loss", "best val", "{:.4f}"),
+    ("best_val_step", "best at step", "{:,.0f}"),
     ("val_bpb", "val bpb", "{:.4f}"),
     ("val_accuracy", "val acc", "{:.3f}"),
     ("tokens_per_sec", "tokens/s", "{:,.0f}"),

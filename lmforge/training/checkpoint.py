@@ -3,7 +3,10 @@
 A slot is a folder holding `model.safetensors` (weights), `state.pt` (optimizer,
 schedule, RNG, data position, counters: loads with `torch.load(weights_only=True)`)
 and `meta.json`, written last, which records the step and each file's size and
-SHA-256. A slot without a matching `meta.json` is not a checkpoint.
+SHA-256. A slot without a matching `meta.json` is not a checkpoint. Under FSDP
+(`train.parallel: fsdp`) the weights, optimizer and gradient-filter state are
+instead in `shards/`, written by every process through torch.distributed.checkpoint
+(meta `format: "dcp"`, see training/fsdp.py), and `state.pt` holds the rest.
 
 Rotation never lowers the number of whole checkpoints on disk: the new slot is
 written and fsynced under a temporary name first, the oldest slot is renamed
@@ -31,6 +34,7 @@ ROLLING = ("lm_current", "lm_prev", "lm_prev2")
 BEST = "best"
 _NEXT, _OLD = "lm_next", "lm_old"
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+SHARDS_DIR = "shards"  # FSDP slots: torch.distributed.checkpoint's files, one per process plus .metadata
 
 
 class CheckpointError(RuntimeError):
@@ -113,8 +117,9 @@ def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
     return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
-def write_slot(directory: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write one complete slot folder; `meta.json` goes last and marks it whole.
+def write_slot(directory: Path, model_state: dict[str, torch.Tensor] | None, train_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write one complete slot folder; `meta.json` goes last and marks it whole. `model_state` None: the folder
+    already holds the weights (an FSDP slot's `shards/`, written by every process); they are fsynced and listed.
 
     A write that fails for lack of space or permission removes the half-written folder (it is only ever a
     temporary name) and raises CheckpointWriteError.
@@ -128,16 +133,20 @@ def write_slot(directory: Path, model_state: dict[str, torch.Tensor], train_stat
         raise write_failure(err, directory, "checkpoint slot") from None
 
 
-def _write_slot_files(directory: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    save_file(model_state, str(directory / MODEL_FILE), metadata={"format": "pt"})
+def _write_slot_files(directory: Path, model_state: dict[str, torch.Tensor] | None, train_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    if model_state is not None:
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        save_file(model_state, str(directory / MODEL_FILE), metadata={"format": "pt"})
     torch.save(train_state, directory / STATE_FILE)
     files = {}
-    for name in (MODEL_FILE, STATE_FILE):
-        _fsync_path(directory / name)
-        files[name] = {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != META_FILE):
+        name = path.relative_to(directory).as_posix()
+        _fsync_path(path)
+        files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    if (directory / SHARDS_DIR).is_dir():
+        _fsync_path(directory / SHARDS_DIR)
     meta = {**meta, "files": files, "saved_at": time.time()}
     tmp = directory / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -161,14 +170,33 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def read_slot(directory: Path, verify_hash: bool = True) -> Checkpoint:
+def is_sharded(meta: dict[str, Any]) -> bool:
+    """A slot written under FSDP: weights, optimizer and filter state in `shards/` (torch.distributed.checkpoint)."""
+    return meta.get("format") == "dcp"
+
+
+def load_sharded_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """An FSDP slot's weights gathered into one full state dict in this process (export, eval, generate)."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
+        loaded = _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(directory / SHARDS_DIR))
+    return {k: v for k, v in loaded["model"].items() if isinstance(v, torch.Tensor)}
+
+
+def read_slot(directory: Path, verify_hash: bool = True, weights: bool = True) -> Checkpoint:
+    """A verified slot; `weights=False` leaves an FSDP slot's shards on disk (the trainer loads them sharded)."""
     meta = read_meta(directory)
     if verify_hash:
         for name, info in meta["files"].items():
             if _sha256(directory / name) != info["sha256"]:
                 raise CheckpointError(f"{directory.name}: {name} does not match its SHA-256 (corrupt)")
     try:
-        model_state = load_file(str(directory / MODEL_FILE))
+        if is_sharded(meta):
+            model_state = load_sharded_weights(directory) if weights else {}
+        else:
+            model_state = load_file(str(directory / MODEL_FILE))
         train_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors/zip errors have many types; any of them means "unusable"
         raise CheckpointError(f"{directory.name}: cannot load ({type(err).__name__}: {err})") from None
@@ -203,8 +231,7 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._finish_rotation()  # a save killed mid-rotation is completed first, so nothing newer is lost
         write_slot(self._slot(_NEXT), model_state, train_state, meta)
-        self._finish_rotation()
-        return self._slot(ROLLING[0])
+        return self._promote("rolling")
 
     def _finish_rotation(self) -> None:
         """Shift slots down one place, moving each only into an empty name, then promote lm_next.
@@ -236,8 +263,35 @@ class CheckpointManager:
     def save_named(self, name: str, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path:
         """A non-rolling slot such as `best` or a milestone: replaced whole, never half-written."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        target, tmp, old = self._slot(name), self._slot(name + ".next"), self._slot(name + ".old")
-        write_slot(tmp, model_state, train_state, meta)
+        write_slot(self.staging(name), model_state, train_state, meta)
+        return self._promote(name)
+
+    def staging(self, slot: str) -> Path:
+        """The temporary folder a save of `slot` ("rolling" or a name) is written into before it is promoted."""
+        return self._slot(_NEXT) if slot == "rolling" else self._slot(slot + ".next")
+
+    def begin_sharded(self, slot: str) -> Path:
+        """Rank 0, before every process writes its shards into it: an empty staging folder with `shards/`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if slot == "rolling":
+            self._finish_rotation()
+        staging = self.staging(slot)
+        if staging.exists():
+            shutil.rmtree(staging)
+        (staging / SHARDS_DIR).mkdir(parents=True)
+        return staging
+
+    def commit_sharded(self, slot: str, train_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Rank 0, once every shard is written: `state.pt`, then `meta.json` over all files, then the rotation."""
+        write_slot(self.staging(slot), None, train_state, {**meta, "format": "dcp"})
+        return self._promote(slot)
+
+    def _promote(self, slot: str) -> Path:
+        """A whole staged slot takes its name: the rolling rotation, or a named slot swapped in."""
+        if slot == "rolling":
+            self._finish_rotation()
+            return self._slot(ROLLING[0])
+        target, tmp, old = self._slot(slot), self.staging(slot), self._slot(slot + ".old")
         if old.exists():
             shutil.rmtree(old)
         if target.exists():

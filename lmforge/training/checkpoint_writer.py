@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-from lmforge.training.checkpoint import CheckpointManager, CheckpointWriteError, atomic_torch_save
+from lmforge.runtime import Runtime
+from lmforge.training.checkpoint import CheckpointManager, CheckpointWriteError, atomic_torch_save, unique_state_dict
+from lmforge.training.fsdp import save_sharded
 
 
 def snapshot(value: Any) -> Any:
@@ -31,11 +33,32 @@ def snapshot(value: Any) -> Any:
 class CheckpointWriter:
     """Writes slots with the run's extras (the legacy weights mirror, milestone pruning), sync or in the background."""
 
-    def __init__(self, manager: CheckpointManager, train_cfg: Any, run_dir: Path):
+    def __init__(self, manager: CheckpointManager, train_cfg: Any, run_dir: Path, runtime: Runtime | None = None):
         self.manager, self.cfg, self.run_dir = manager, train_cfg, run_dir
+        self.runtime = runtime
         self.background = bool(train_cfg.async_save)
         self._thread: threading.Thread | None = None
         self._error: CheckpointWriteError | None = None
+
+    def save_run(self, slot: str, model: torch.nn.Module, optimizer: Any, grad_filters: list, state: dict[str, Any],
+                 meta: dict[str, Any]) -> None:
+        """Called on every rank: FSDP writes each rank's shards (training/fsdp.py); otherwise rank 0 writes the slot
+        (now or in the background) and every rank learns whether it failed (CheckpointWriteError on all)."""
+        rt = self.runtime
+        if rt is not None and rt.sharded:
+            written = save_sharded(self.manager, rt, slot, model, optimizer, grad_filters, state, meta)
+            if written and slot.startswith(self.cfg.milestone_prefix):
+                self.manager.prune(self.cfg.milestone_prefix, self.cfg.keep_milestones)
+            return
+        failure = None
+        if rt is None or rt.is_main:
+            try:
+                self.save(slot, unique_state_dict(model), state, meta)
+            except CheckpointWriteError as err:
+                failure = str(err)
+        failure = rt.broadcast_object(failure) if rt is not None else failure  # also the barrier: no rank runs ahead
+        if failure:
+            raise CheckpointWriteError(failure)
 
     def save(self, slot: str, weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict[str, Any]) -> None:
         """Write now, or snapshot and write in the background; raises an earlier background write's failure."""

@@ -35,7 +35,7 @@ def roll_back(trainer: "Trainer", data_iter: Iterator, verdict: Verdict) -> Iter
     """
     guard, bad_at, position = trainer.guard, trainer.step, trainer.train_data.position()
     trainer.writer.wait()  # an async save still being written is the newest checkpoint
-    ckpt = trainer.checkpoints.load_latest()
+    ckpt = trainer.load_latest_checkpoint()
     if ckpt is None or guard.rollbacks_in_a_row >= trainer.preset.train.max_rollbacks:
         why = "no checkpoint to roll back to" if ckpt is None else f"{guard.rollbacks_in_a_row} rollbacks in a row did not get past it"
         trainer.request_stop(f"stuck: {guard.consecutive_bad} bad steps in a row up to step {bad_at} at data position "

@@ -19,6 +19,7 @@ from lmforge.training.checkpoint import CheckpointManager, read_meta
 
 IDENTITY = ("model", "data", "objective", "auxiliary", "layer_swaps", "grad_filters", "stages",
             "train.batch_size", "train.grad_accum_steps", "train.seed", "train.optimizer",
+            "train.parallel",  # ddp and fsdp slots are different formats
             # restored with the optimizer state (its param groups), so a new value would be silently ignored:
             "train.weight_decay", "train.beta1", "train.beta2", "train.eps")
 FREE = ("model.dropout", "data.num_workers", "data.cache_size", "train.optimizer.fused")  # change no saved meaning

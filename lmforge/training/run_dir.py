@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.config import Preset
+from lmforge.training.state import gather_ranks
 
 if TYPE_CHECKING:
+    from lmforge.runtime import Runtime
     from lmforge.training.callbacks import TrainResult
 
 RUNS_DIR = "runs"
@@ -33,6 +36,33 @@ def prepare(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"run directory {run_dir} is not writable ({err.strerror or err}); pass --run-dir with a writable path") from None
+
+
+SHARED_PROBE = ".shared_probe"
+
+
+def check_shared(run_dir: Path, runtime: "Runtime") -> None:
+    """Every process must see the run dir rank 0 prepared: the others read its tokenizer and checkpoints and, under
+    FSDP, write their shards into it. Across nodes that means a shared filesystem; a local path on each node is
+    refused here, on every process, instead of failing later with a missing file."""
+    if not runtime.distributed:
+        return
+    token = f"{os.getpid()}-{os.urandom(8).hex()}" if runtime.is_main else None
+    if runtime.is_main:
+        (run_dir / SHARED_PROBE).write_text(token)
+    token = runtime.broadcast_object(token)  # also the barrier after rank 0's write
+    try:
+        seen = (run_dir / SHARED_PROBE).read_text() == token
+    except OSError:
+        seen = False
+    views = gather_ranks(runtime, {"host": socket.gethostname(), "seen": seen})
+    if runtime.is_main:
+        (run_dir / SHARED_PROBE).unlink(missing_ok=True)
+    missing = [f"process {rank} on {view['host']}" for rank, view in enumerate(views) if not view["seen"]]
+    if missing:
+        raise RunDirError(f"run directory {run_dir} is not the same folder for every process ({', '.join(missing)} cannot "
+                          "see what process 0 wrote there): with torchrun across nodes, pass --run-dir on a filesystem "
+                          "every node shares")
 
 
 def save_result(run_dir: Path, result: "TrainResult") -> None:

@@ -15,6 +15,10 @@ def write_samples(trainer: "Trainer", print_them: bool) -> list[str]:
         if print_them:
             print(f"(no left-to-right samples: objective {trainer.preset.objective.name!r} trains a bidirectional model)", flush=True)
         return []
+    if trainer.runtime.sharded and trainer.runtime.distributed:  # one process cannot run a sharded model alone
+        if print_them:
+            print(f"(no samples under FSDP training: lmforge generate --run-dir {trainer.run_dir} samples the checkpoint)", flush=True)
+        return []
     cfg = trainer.preset.samples
     tok = trainer.tokenizer
     sampling = SamplingConfig(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +14,8 @@ from lmforge.data.stream import train_documents
 from lmforge.data.supervised import LabelVocab, setup_label_vocab
 from lmforge.data.tokenizers import Tokenizer
 from lmforge.runtime import Runtime
+from lmforge.training.activation_checkpointing import apply_activation_checkpointing
+from lmforge.training.fsdp import shard_model
 from lmforge.training.init_from import init_weights_from
 from lmforge.training.state import seed_everything
 
@@ -58,6 +61,8 @@ def check_model_fits(resolved: Preset, runtime: Runtime) -> None:
     with torch.device("meta"):
         params = sum(p.numel() for p in build_run_model(resolved).parameters())
     need = params * TRAINING_BYTES_PER_PARAM
+    if runtime.sharded:  # FSDP: each process holds 1/world of it
+        need //= runtime.world_size
     if need > free:
         raise PresetError(
             f"model: {params:,} parameters need about {need / 2**30:,.1f} GiB for weights, gradients and optimizer "
@@ -75,3 +80,10 @@ def setup_model(resolved: Preset, runtime: Runtime) -> torch.nn.Module:
     if resolved.train.init_from:
         init_weights_from(model, resolved.train.init_from)
     return model.to(runtime.device)
+
+
+def prepare_for_training(model: torch.nn.Module, train_cfg: Any, runtime: Runtime) -> None:
+    """In place, before the optimizer sees the parameters: activation checkpointing, then FSDP sharding."""
+    apply_activation_checkpointing(model, train_cfg.activation_checkpointing)
+    if runtime.sharded and runtime.distributed:
+        shard_model(model, runtime, train_cfg.fsdp_cpu_offload)

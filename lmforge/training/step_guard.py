@@ -30,6 +30,14 @@ class Verdict:
     grad_norm: float
 
 
+def global_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor: under FSDP the norm of sharded gradients is a DTensor, already reduced
+    over the shards (the same value on every process), so its full value is read out."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
 class SpikeWindow:
     """The last `window` finite values of one signal; `is_spike(v)` once `min_history` of them are in."""
 
@@ -77,7 +85,7 @@ class StepGuard:
     def grad_norm(self, parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
         """The global L2 norm of the (unscaled) gradients, as clip_grad_norm_ computes it."""
         grads = [p.grad for p in parameters if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.runtime.device)
+        return global_norm(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros((), device=self.runtime.device)
 
     def check(self, loss: torch.Tensor, grad_norm: torch.Tensor, scaler_enabled: bool) -> Verdict:
         """The same verdict on every rank: rank-mean loss and grad norm (NaN if any rank has one), one host sync.

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.config import Preset, PresetError
 from lmforge.data import DataPipeline, build_val_batches
@@ -28,14 +27,15 @@ from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
-from lmforge.training.checkpoint import BEST, Checkpoint, CheckpointManager, CheckpointWriteError, unique_state_dict
+from lmforge.training.checkpoint import BEST, Checkpoint, CheckpointManager, CheckpointWriteError, is_sharded
 from lmforge.training.checkpoint_writer import CheckpointWriter
+from lmforge.training.fsdp import load_latest_sharded, rederive_position
 from lmforge.training.metrics import MetricsLogger, progress_bar, train_row
 from lmforge.training.optim import build_optimizer, set_hyperparameters
 from lmforge.training.recovery import log_skip, roll_back
 from lmforge.training.resume_check import check_run_dir
 from lmforge.training.samples import write_samples
-from lmforge.training.setup import setup_labels, setup_model, setup_tokenizer
+from lmforge.training.setup import prepare_for_training, setup_labels, setup_model, setup_tokenizer
 from lmforge.run_shape import RunShape, resolved_preset, run_shape, training_flops_per_token
 from lmforge.training.signals import graceful_stop
 from lmforge.training.step_guard import StepGuard, Verdict
@@ -50,12 +50,12 @@ class Trainer:
     def __init__(self, preset: Preset, run_dir: Path | str | None = None, callbacks: Iterable[Callback] = (), runtime: Runtime | None = None):
         self.preset = preset
         tc = preset.train
-        self.runtime = runtime or setup_runtime(tc.device, tc.precision, tc.compile, preset.model.n_embd, tc.deterministic)
+        self.runtime = runtime or setup_runtime(tc.device, tc.precision, tc.compile, preset.model.n_embd, tc.deterministic, tc.parallel)
         rt = self.runtime
         self.run_dir = Path(run_dir) if run_dir else run_dir_lib.default_run_dir(preset)
         if rt.is_main:
             run_dir_lib.prepare(self.run_dir)
-        rt.barrier()
+        run_dir_lib.check_shared(self.run_dir, rt)  # every process sees the same folder (across nodes: a shared filesystem)
         self.callbacks: list[Callback] = list(callbacks)
         if tc.early_stopping_patience:
             self.early_stopping = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta, tc.early_stopping_metric)
@@ -68,7 +68,7 @@ class Trainer:
         self.shape: RunShape = run_shape(preset, rt.world_size, self.tokenizer.vocab_size)
         self.resolved = resolved_preset(preset, self.shape)  # saved beside the run and in every checkpoint slot
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints")
-        self.writer = CheckpointWriter(self.checkpoints, tc, self.run_dir)
+        self.writer = CheckpointWriter(self.checkpoints, tc, self.run_dir, rt)
         check_run_dir(self.checkpoints, self.resolved, self.run_dir)  # before preset.json is rewritten
         if rt.is_main:
             run_dir_lib.save_preset(self.run_dir, self.resolved)
@@ -78,6 +78,7 @@ class Trainer:
         self.model = setup_model(self.resolved, rt)
         self.objectives = self._setup_objectives()
         self.objective = self.objectives[self.stage_index]
+        prepare_for_training(self.model, tc, rt)  # activation checkpointing, FSDP sharding: before the optimizer sees the parameters
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
@@ -156,11 +157,14 @@ class Trainer:
     def _train_state(self) -> dict[str, Any]:
         """Optimizer, scaler, counters, and per-rank RNG + data position gathered onto rank 0."""
         per_rank = gather_ranks(self.runtime, {"rng": rng_state(), "data": self.train_data.state_dict()})
+        sharded = self.runtime.sharded
         return {
             "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed(), "best_val_loss": self.best_val_loss,
             "stage": self.stage_index,  # the stage of the data position in `ranks`
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "ranks": per_rank,
-            "grad_filters": [f.state_dict() for f in self.grad_filters],
+            "scaler": self.scaler.state_dict(), "ranks": per_rank,
+            # under FSDP these are in the slot's shards (training/fsdp.py)
+            "optimizer": None if sharded else self.optimizer.state_dict(),
+            "grad_filters": None if sharded else [f.state_dict() for f in self.grad_filters],
             "objective": self.objective.state_dict(),  # the current stage's objective
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
             "guard": self.guard.state_dict(),  # skipped steps, rollbacks, the spike window
@@ -174,23 +178,19 @@ class Trainer:
         }
 
     def save(self, slot: str = "rolling") -> None:
-        """Write a slot (rank 0); a failed write (disk full, read-only) raises CheckpointWriteError on every rank."""
-        state = self._train_state()  # collective under DDP: every rank takes part
-        failure = None
-        if self.runtime.is_main:
-            try:
-                self.writer.save(slot, unique_state_dict(self.model), state, self._meta())  # now, or in the background
-            except CheckpointWriteError as err:
-                failure = str(err)
-        failure = self.runtime.broadcast_object(failure)  # also the barrier: no rank runs ahead of the write
-        if failure:
-            raise CheckpointWriteError(failure)
+        """Write a slot (every rank takes part); a failed write (disk full, read-only) raises CheckpointWriteError on every rank."""
+        self.writer.save_run(slot, self.model, self.optimizer, self.grad_filters, self._train_state(), self._meta())
         for cb in self.callbacks:
             cb.on_save(self, self.step, slot)
 
+    def load_latest_checkpoint(self) -> Checkpoint | None:
+        """The newest loadable rolling slot; under FSDP its shards are already loaded into the model, optimizer and filters."""
+        sharded = self.runtime.sharded
+        return load_latest_sharded(self.checkpoints, self.runtime, self.model, self.optimizer, self.grad_filters) if sharded else self.checkpoints.load_latest()
+
     def resume(self) -> bool:
         """Load the newest loadable rolling checkpoint, if any; return whether one was found."""
-        ckpt = self.checkpoints.load_latest()
+        ckpt = self.load_latest_checkpoint()
         if ckpt is None:
             return False
         self.restore(ckpt)
@@ -205,28 +205,30 @@ class Trainer:
     def restore(self, ckpt: Checkpoint) -> None:
         """The weights, optimizer, scaler, counters, filters, stage, objective, data position and RNG of `ckpt`."""
         st = ckpt.train_state
-        if len(st["ranks"]) != self.runtime.world_size:
-            raise RuntimeError(
-                f"checkpoint {ckpt.slot} was written by {len(st['ranks'])} processes; resume it with the same number "
-                f"(this run has {self.runtime.world_size})"
-            )
-        load_model_state(self.model, ckpt.model_state)
-        self.optimizer.load_state_dict(st["optimizer"])
+        resharded = len(st["ranks"]) != self.runtime.world_size
+        if resharded and not is_sharded(ckpt.meta):
+            raise RuntimeError(f"checkpoint {ckpt.slot} was written by {len(st['ranks'])} processes; resume it with the same number "
+                               f"(this run has {self.runtime.world_size}; train.parallel 'fsdp' checkpoints resume on any number)")
+        if not is_sharded(ckpt.meta):  # an FSDP slot's weights, optimizer and filters are loaded with its shards
+            load_model_state(self.model, ckpt.model_state)
+            self.optimizer.load_state_dict(st["optimizer"])
+            for f, s in zip(self.grad_filters, st["grad_filters"]):
+                f.load_state_dict(s)
         if st["scaler"]:  # empty when it was off (bf16/fp32); a switch to fp16 starts a fresh scale
             self.scaler.load_state_dict(st["scaler"])
-        self.step, self.tokens, self.elapsed_before = st["step"], st["tokens"], st["elapsed"]
-        self.best_val_loss = st["best_val_loss"]
-        for f, s in zip(self.grad_filters, st["grad_filters"]):
-            f.load_state_dict(s)
+        self.step, self.tokens, self.elapsed_before, self.best_val_loss = st["step"], st["tokens"], st["elapsed"], st["best_val_loss"]
         if self.early_stopping and st.get("early_stopping"):
             self.early_stopping.load_state_dict(st["early_stopping"])
-        mine = st["ranks"][self.runtime.rank]
         stage = int(st.get("stage", 0))  # checkpoints from before stage plans: stage 0
         self.stages.check_resumed_stage(stage, self.step, ckpt.slot)
         if stage != self.stage_index:
             self._enter_stage(stage)
         if st.get("objective") is not None:  # the state of the stage's objective
             self.objective.load_state_dict(st["objective"])
+        if resharded:  # another number of processes: each one's data position re-derived (training/fsdp.py)
+            rederive_position(self.train_data, st["ranks"], self.runtime, self.preset.train.seed, self.step)
+            return
+        mine = st["ranks"][self.runtime.rank]
         self.train_data.load_state_dict(mine["data"])
         set_rng_state(mine["rng"])
 
@@ -253,9 +255,7 @@ class Trainer:
         observed = []  # data.adaptive's per-source losses, reported once the step is known to be good
         for micro in range(accum):
             batch = {k: v.to(rt.device, non_blocking=True) for k, v in next(data_iter).items()}
-            last = micro == accum - 1
-            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
-            with sync:
+            with rt.gradient_sync(model, last_micro_batch=micro == accum - 1):
                 with rt.autocast():
                     loss, metrics = self.objective(model, batch, ctx)
                 self.scaler.scale(loss / accum).backward()
@@ -302,7 +302,7 @@ class Trainer:
                 if stage != self.stage_index:
                     self._enter_stage(stage)
                     data_iter = iter(self.train_data)
-                    if rt.distributed:  # DDP fixes the trained parameters when it wraps: wrap again after `trainable` changed
+                    if rt.distributed and not rt.sharded:  # DDP fixes the trained parameters when it wraps: wrap again after `trainable` changed
                         model = self.wrapped_model()
                     self.guard.reset_window()
                     self.save("rolling")  # so a rollback never has to reach into an earlier stage

@@ -11,7 +11,7 @@ import torch
 
 from lmforge.protocols import GradientFilter
 from lmforge.training.grad_filters import apply_grad_filters
-from lmforge.training.step_guard import StepGuard, Verdict
+from lmforge.training.step_guard import StepGuard, Verdict, global_norm
 
 
 def apply_update(
@@ -35,7 +35,7 @@ def apply_update(
         grad_norm = None  # the filtered gradients have a norm of their own
     if grad_clip > 0:
         if grad_norm is None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            grad_norm = global_norm(torch.nn.utils.clip_grad_norm_(params, grad_clip))
         else:
             torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
     scaler.step(optimizer)

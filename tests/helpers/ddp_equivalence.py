@@ -1,7 +1,7 @@
 """Run K optimizer steps on a fixed global batch, split across however many processes run this.
 
 usage: [torchrun --nproc_per_node=N] ddp_equivalence.py PRESET_JSON RUN_DIR OUT_FILE STEPS GLOBAL_BATCH
-Rank 0 writes the final parameters to OUT_FILE.
+Rank 0 writes the initial and final parameters (gathered whole under FSDP) to OUT_FILE.
 """
 import json
 import sys
@@ -11,13 +11,23 @@ import torch
 from lmforge.config import load_preset
 from lmforge.training.trainer import Trainer
 
+
+def full_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """The whole weights on every process (a collective under FSDP, where each holds a shard)."""
+    if trainer.runtime.sharded and trainer.runtime.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
 if __name__ == "__main__":
     preset_path, run_dir, out_file, steps, global_batch = sys.argv[1:6]
     steps, global_batch = int(steps), int(global_batch)
     trainer = Trainer(load_preset(json.loads(open(preset_path).read())), run_dir)
     rt = trainer.runtime
     per_rank = global_batch // rt.world_size
-    init = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    init = full_state(trainer)
     model = trainer.wrapped_model()
     model.train()
     gen = torch.Generator().manual_seed(0)
@@ -27,7 +37,7 @@ if __name__ == "__main__":
         mine = tokens[rt.rank * per_rank:(rt.rank + 1) * per_rank]
         batch = {"input_ids": mine[:, :-1].contiguous(), "labels": mine[:, 1:].contiguous()}
         trainer.train_step(model, iter([batch]))
+    final = full_state(trainer)
     if rt.is_main:
-        final = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         torch.save({"init": init, "final": final}, out_file)
     rt.shutdown()

@@ -1,0 +1,183 @@
+"""FSDP2 (train.parallel fsdp) on CPU with gloo: the same training as one process, sharded DCP checkpoints that
+resume bitwise on the same number of processes and reshard onto another, a two-"node" c10d rendezvous, and
+activation checkpointing that changes no gradient."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_preset
+from lmforge.config import PresetError, load_preset
+from lmforge.inference import load_run
+from lmforge.training.checkpoint import CheckpointManager
+from lmforge.training.metrics import read_metrics
+
+HELPER = REPO / "tests" / "helpers" / "ddp_equivalence.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(nproc: int, *args: str, launcher: tuple[str, ...] = ("--standalone",)) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+
+
+def _train(nproc: int, preset_path, run, *overrides: str) -> subprocess.CompletedProcess:
+    args = ("-m", "lmforge", "train", str(preset_path), "--run-dir", str(run), *overrides)
+    if nproc == 1:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    return _torchrun(nproc, *args)
+
+
+def _losses(run) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+
+
+def _fsdp_preset(tmp_path, small_text, **train) -> tuple[dict, object]:
+    preset = tiny_preset(small_text, **{"parallel": "fsdp", "lr_schedule": {"name": "constant"}, **train})
+    preset["model"]["dropout"] = 0.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    return preset, path
+
+
+def test_fsdp_on_two_processes_trains_like_one_process(tmp_path, small_text):
+    preset, path = _fsdp_preset(tmp_path, small_text)
+    plain = dict(preset, train={**preset["train"], "parallel": "ddp"})
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    single = subprocess.run([sys.executable, str(HELPER), str(tmp_path / "plain.json"), str(tmp_path / "r1"), str(tmp_path / "one.pt"), "3", "4"],
+                            capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _torchrun(2, str(HELPER), str(path), str(tmp_path / "r2"), str(tmp_path / "two.pt"), "3", "4")
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert set(two["final"]) == set(one["final"])
+    for key in one["init"]:
+        torch.testing.assert_close(two["init"][key], one["init"][key], rtol=0, atol=0)
+    assert sum(not torch.equal(one["final"][k], one["init"][k]) for k in one["final"]) > len(one["final"]) // 2
+    for key in one["final"]:  # reduce-scatter sums in another order than one process: fp32 noise, through Adam
+        torch.testing.assert_close(two["final"][key], one["final"][key], rtol=1e-4, atol=1e-4)
+
+
+def test_fsdp_checkpoints_are_sharded_and_resume_bitwise(tmp_path, small_text):
+    _, path = _fsdp_preset(tmp_path, small_text, max_steps=8, save_interval=2, eval_interval=4,
+                           grad_accum_steps=2)
+    straight = _train(2, path, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _train(2, path, tmp_path / "resumed", "--train.max_steps", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    slot = tmp_path / "resumed" / "checkpoints" / "lm_current"
+    meta = json.loads((slot / "meta.json").read_text())
+    assert meta["format"] == "dcp" and meta["step"] == 4
+    assert sorted(p.name for p in (slot / "shards").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert {"shards/__0_0.distcp", "shards/__1_0.distcp", "shards/.metadata", "state.pt"} == set(meta["files"])
+    second = _train(2, path, tmp_path / "resumed")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from lm_current at step 4" in second.stderr
+    ref, got = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(got) == list(range(1, 9))
+    assert [got[s] for s in range(1, 9)] == [ref[s] for s in range(1, 9)]  # bitwise
+
+
+def test_an_fsdp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path, small_text):
+    """2 -> 1 -> 2 processes: DCP reshards weights, Adam moments and the Grokfast EMA; the loss goes on where it was."""
+    preset, _ = _fsdp_preset(tmp_path, small_text, max_steps=4, save_interval=2, eval_interval=2)
+    preset["grad_filters"] = [{"name": "grokfast_ema", "alpha": 0.9, "lamb": 0.5}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    run = tmp_path / "run"
+    proc = _train(2, path, run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = load_run(run)
+    proc = _train(1, path, run, "--train.max_steps", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming 2 processes' checkpoint on 1" in proc.stderr and "resumed from lm_current at step 4" in proc.stderr
+    proc = _train(2, path, run, "--train.max_steps", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming 1 processes' checkpoint on 2" in proc.stderr
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["tokens"] for r in rows][3:] == [1024, 1152, 1280, 1536, 1792]  # 2 x 4 x 32, then 1 x, then 2 x again
+    losses = [r["loss"] for r in rows]
+    assert all(abs(b - a) < 0.15 for a, b in zip(losses[3:], losses[4:])), losses  # no jump back to the initial loss
+    assert losses[-1] < losses[0] - 0.2
+    ckpt = CheckpointManager(run / "checkpoints").load_latest()
+    assert ckpt.meta["step"] == 8 and len(ckpt.train_state["ranks"]) == 2
+    after = load_run(run)  # eval, generate and export read a sharded slot as full weights
+    moved = [k for k, v in after.model.state_dict().items() if not torch.equal(v, before.model.state_dict()[k])]
+    assert moved and after.model.lm_head.weight.shape == before.model.lm_head.weight.shape
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_through_c10d_train_and_checkpoint(tmp_path, small_text):
+    """Two torchrun launchers on 127.0.0.1, one process each, meet through the c10d rendezvous as two nodes."""
+    _, path = _fsdp_preset(tmp_path, small_text, max_steps=4, save_interval=2, eval_interval=4)
+    run = tmp_path / "run"
+    launcher = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--rdzv-id=lmforge-test")
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node=1",
+           "-m", "lmforge", "train", str(path), "--run-dir", str(run)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV) for _ in range(2)]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    ckpt = CheckpointManager(run / "checkpoints").load_latest()
+    assert ckpt.meta["step"] == 4 and len(ckpt.train_state["ranks"]) == 2
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_nodes_that_do_not_share_the_run_dir_are_refused_with_one_line(tmp_path, small_text):
+    """Each "node" gets a folder of its own (as a local disk on each machine would be): every process stops at once."""
+    _, path = _fsdp_preset(tmp_path, small_text, max_steps=4)
+    launcher = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--rdzv-id=lmforge-test")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node=1", "-m", "lmforge",
+                               "train", str(path), "--run-dir", str(tmp_path / f"node{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV) for i in range(2)]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode != 0 for node in nodes)
+    assert "is not the same folder for every process (process 1 on" in outs[0][1] and "shares" in outs[0][1]
+    assert not list((tmp_path / "node0").glob("checkpoints/*"))
+
+
+@pytest.mark.parametrize("mode", ["blocks", "selective"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(mode):
+    from lmforge.models import build_model
+    from lmforge.models.gpt import GPTConfig
+    from lmforge.training.activation_checkpointing import apply_activation_checkpointing
+
+    cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)
+    torch.manual_seed(0)
+    plain = build_model(cfg)
+    checkpointed = build_model(cfg)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert apply_activation_checkpointing(checkpointed, mode) == 2
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())  # names, and so checkpoints, unchanged
+    calls = []
+    checkpointed.blocks[0].attn.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randint(0, 64, (3, 16))
+    grads = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # the same dropout masks, also when the block is recomputed
+        loss = model(x).logits.logsumexp(-1).mean()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert len(calls) == 2  # forward, and again in backward: the activations were not kept
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=0)
+
+
+def test_fsdp_refuses_what_it_cannot_shard(small_text):
+    base = tiny_preset(small_text, parallel="fsdp")
+    with pytest.raises(PresetError, match="muon"):
+        load_preset({**base, "train": {**base["train"], "optimizer": {"name": "muon"}}})
+    with pytest.raises(PresetError, match="async_save"):
+        load_preset({**base, "train": {**base["train"], "async_save": True}})
+    with pytest.raises(PresetError, match="fsdp_cpu_offload"):
+        load_preset({**base, "train": {**base["train"], "parallel": "ddp", "fsdp_cpu_offload": True}})
