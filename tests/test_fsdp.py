@@ -111,6 +111,41 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path, sma
     assert moved and after.model.lm_head.weight.shape == before.model.lm_head.weight.shape
 
 
+COMPOSED = {
+    "vgt": {"model": {"arch": "vgt", "n_layer": 2, "n_embd": 32, "block_size": 32}},
+    "agiformer_bitnet": {"model": {"arch": "agiformer", "n_embd": 32, "n_layer": 1, "n_head": 2, "block_size": 32,
+                                   "attn_window": 4, "memory_chunk": 4},
+                         "layer_swaps": [{"name": "bitlinear"}]},
+    "ma_bf16_selective_stage": {"grad_filters": [{"name": "grokfast_ma", "window": 3, "lamb": 1.0}],
+                                "stages": [{"name": "all", "until_step": 2}, {"name": "top", "trainable": ["blocks.1.*", "ln_f.*"]}],
+                                "train": {"precision": "bf16", "activation_checkpointing": "selective", "peak_flops": 1e11}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPOSED))
+def test_fsdp_trains_every_arch_and_composes_with_swaps_filters_stages_and_resume(tmp_path, small_text, case):
+    preset, _ = _fsdp_preset(tmp_path, small_text, max_steps=4, save_interval=2, eval_interval=2)
+    extra = COMPOSED[case]
+    preset.update({k: v for k, v in extra.items() if k != "train"})
+    preset["train"].update(extra.get("train", {}))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    run = tmp_path / "run"
+    proc = _train(2, path, run, "--train.max_steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train(2, path, run)  # the filters' state, the stage and the frozen parameters come back from the shards
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from lm_current at step 3" in proc.stderr
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] == r["loss"] for r in rows)
+    if case == "ma_bf16_selective_stage":  # stage "top" (steps 3-4) trains blocks.1 and ln_f only
+        slot = next(p.name for step, p in CheckpointManager(run / "checkpoints").candidates() if step == 2)
+        before, after = load_run(run, slot), load_run(run)
+        assert after.step == 4
+        assert torch.equal(before.model.blocks[0].attn.c_attn.weight, after.model.blocks[0].attn.c_attn.weight)
+        assert not torch.equal(before.model.blocks[1].attn.c_attn.weight, after.model.blocks[1].attn.c_attn.weight)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -40,7 +40,7 @@ def shard_model(model: nn.Module, runtime: Runtime, cpu_offload: bool = False) -
     mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if runtime.precision == "bf16" \
         else MixedPrecisionPolicy()
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    offload = CPUOffloadPolicy(pin_memory=runtime.device.type == "cuda") if cpu_offload else OffloadPolicy()
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
@@ -118,24 +118,29 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
 
 
 def _filter_states(slot: Path, model: nn.Module, count: int) -> list[dict[str, Any]]:
-    """The filters' saved state, full tensors read on every process, then sharded like the parameter each belongs to."""
+    """The filters' saved state, full tensors read on every process, then placed as the filters build them from
+    sharded gradients: a tensor of a parameter's shape sharded like it (grokfast_ema's average, grokfast_ma's sum),
+    a stack of such tensors replicated (grokfast_ma's window buffer: `new_zeros` on a DTensor replicates)."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
 
     if count == 0:
         return []
     loaded = _load_state_dict_from_keys(keys={"grad_filters"}, checkpoint_id=str(slot / SHARDS_DIR))["grad_filters"]
     params = dict(model.named_parameters())
 
-    def place(value: Any, key: Any = None) -> Any:
+    def place(value: Any, p: torch.Tensor | None = None) -> Any:  # p: the parameter the nearest enclosing key names
         if isinstance(value, dict):
-            return {k: place(v, k) for k, v in value.items()}
+            return {k: place(v, params.get(k, p) if isinstance(k, str) else p) for k, v in value.items()}
         if isinstance(value, list):
-            return [place(v) for v in value]
-        p = params.get(key) if isinstance(key, str) else None
-        if isinstance(value, torch.Tensor) and isinstance(p, DTensor) and tuple(value.shape) == tuple(p.shape):
+            return [place(v, p) for v in value]
+        if not isinstance(value, torch.Tensor) or p is None:
+            return value
+        if isinstance(p, DTensor) and tuple(value.shape) == tuple(p.shape):  # a per-parameter state: sharded like it
             return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
-        return value.to(p.device) if isinstance(value, torch.Tensor) and p is not None else value
+        if isinstance(p, DTensor) and tuple(value.shape[1:]) == tuple(p.shape):  # a stack of them (grokfast_ma's
+            return distribute_tensor(value.to(p.device), p.device_mesh, [Replicate()])  # window), replicated as built
+        return value.to(p.device)
 
     states = loaded if isinstance(loaded, list) else [loaded[str(i)] for i in range(len(loaded))]
     return [place(s) for s in states]
