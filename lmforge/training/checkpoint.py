@@ -48,7 +48,7 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, quota, read-only, permissions); the slots written before are whole."""
 
 
-def _is_write_failure(err: BaseException) -> bool:
+def is_write_failure(err: BaseException) -> bool:
     """OS write errors, and the ones torch.save and safetensors raise for them without an errno."""
     if isinstance(err, OSError):
         return True
@@ -127,7 +127,7 @@ def write_slot(directory: Path, model_state: dict[str, torch.Tensor] | None, tra
     try:
         _write_slot_files(directory, model_state, train_state, meta)
     except Exception as err:
-        if not _is_write_failure(err):
+        if not is_write_failure(err):
             raise
         shutil.rmtree(directory, ignore_errors=True)
         raise write_failure(err, directory, "checkpoint slot") from None
@@ -352,7 +352,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
         _fsync_path(tmp)
     except Exception as err:
-        if not _is_write_failure(err):
+        if not is_write_failure(err):
             raise
         tmp.unlink(missing_ok=True)
         raise write_failure(err, path, "file") from None

@@ -14,6 +14,7 @@ dir must be one every process can read and write (a shared filesystem across nod
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch.nn as nn
 from lmforge.protocols import BlockStack, GradientFilter
 from lmforge.runtime import Runtime
 from lmforge.training.checkpoint import (
-    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, read_slot, write_failure,
+    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, is_write_failure, read_slot, write_failure,
 )
 
 
@@ -103,8 +104,11 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # one process: "assuming the intent is to save in a single process"
                 dcp.save(state, checkpoint_id=str(staging / SHARDS_DIR))
-        except Exception as err:  # DCP re-raises one process's write error on all of them
-            failure = str(write_failure(err, staging, "checkpoint slot"))
+        except Exception as err:  # DCP re-raises one process's write error on all of them (CheckpointException)
+            cause = next((e for e in getattr(err, "failures", {}).values() if is_write_failure(e)), err)
+            if not is_write_failure(cause):
+                raise
+            failure = str(write_failure(cause, staging, "checkpoint slot"))
     written = None
     if runtime.is_main and failure is None:
         try:
@@ -113,6 +117,8 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
             failure = str(err)
     failure = runtime.broadcast_object(failure)  # also the barrier: no process runs ahead of the rotation
     if failure:
+        if runtime.is_main:
+            shutil.rmtree(staging, ignore_errors=True)  # only ever a temporary name
         raise CheckpointWriteError(failure)
     return written
 
