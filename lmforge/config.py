@@ -137,6 +137,11 @@ class TrainConfig(Section):
             raise ValueError("set train.max_steps, train.train_tokens or train.train_flops")
         return self
 
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _none_is_off(cls, value: Any) -> Any:
+        return "none" if value is None else value  # `--train.activation_checkpointing none` parses as null
+
     @model_validator(mode="after")
     def _fsdp(self) -> "TrainConfig":
         if self.parallel != "fsdp":
