@@ -10,11 +10,14 @@ cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/lmforge_gpu}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
+TEXT=${LMFORGE_TEXT:-../shared/data/tinyshakespeare.txt}  # the presets' data path is relative to this repo's parent
+if [ ! -f "$TEXT" ]; then echo "gpu_check: no $TEXT; set LMFORGE_TEXT to a copy of tiny shakespeare" >&2; exit 1; fi
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -lt 1 ]; then echo "gpu_check: no CUDA device visible" >&2; exit 1; fi
 $PY -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), 'x', torch.cuda.device_count(), 'torch', torch.__version__)"
 
-COMMON=(--train.log_interval 10 --train.eval_interval 1000000 --train.eval_batches 4 --train.save_interval 1000000
+COMMON=(--data.sources "[{\"type\": \"text\", \"path\": \"$TEXT\"}]"
+        --train.log_interval 10 --train.eval_interval 1000000 --train.eval_batches 4 --train.save_interval 1000000
         --train.legacy_weights_file null --train.progress_bar false --samples.max_new_tokens 1)
 train() {  # train RUN_NAME [overrides...]: one lmforge run of the 10.65M preset, its stderr kept beside it
   local name=$1; shift

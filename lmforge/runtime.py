@@ -145,8 +145,9 @@ class Runtime:
 
         if isinstance(model, DistributedDataParallel) and not last_micro_batch:
             return model.no_sync()
-        if isinstance(model, FSDPModule):
-            model.set_requires_gradient_sync(last_micro_batch)
+        inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the sharded module
+        if isinstance(inner, FSDPModule):
+            inner.set_requires_gradient_sync(last_micro_batch)
         return contextlib.nullcontext()
 
     def all_reduce_mean_tensor(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from lmforge.config import PresetError, load_preset
 from lmforge.inference import load_run
 from lmforge.training.checkpoint import CheckpointManager
 from lmforge.training.metrics import read_metrics
+from test_kill_soak import _kill_tree
 
 HELPER = REPO / "tests" / "helpers" / "ddp_equivalence.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,6 +36,13 @@ def _train(nproc: int, preset_path, run, *overrides: str) -> subprocess.Complete
 
 def _losses(run) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+
+
+def _last_step(run) -> int:
+    """The newest logged train step of a run still being written (a half-written last line is not read)."""
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(line)["step"] for line in lines if line.endswith("}") and '"loss"' in line), default=0)
 
 
 def _fsdp_preset(tmp_path, small_text, **train) -> tuple[dict, object]:
@@ -62,7 +71,7 @@ def test_fsdp_on_two_processes_trains_like_one_process(tmp_path, small_text):
         torch.testing.assert_close(two["final"][key], one["final"][key], rtol=1e-4, atol=1e-4)
 
 
-def test_fsdp_checkpoints_are_sharded_and_resume_bitwise(tmp_path, small_text):
+def test_fsdp_checkpoints_are_sharded_and_resume_bitwise_after_a_stop_and_after_sigkill(tmp_path, small_text):
     _, path = _fsdp_preset(tmp_path, small_text, max_steps=8, save_interval=2, eval_interval=4,
                            grad_accum_steps=2)
     straight = _train(2, path, tmp_path / "straight")
@@ -80,6 +89,20 @@ def test_fsdp_checkpoints_are_sharded_and_resume_bitwise(tmp_path, small_text):
     ref, got = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert sorted(got) == list(range(1, 9))
     assert [got[s] for s in range(1, 9)] == [ref[s] for s in range(1, 9)]  # bitwise
+    # and after a SIGKILL of the whole launch (torchrun and both workers) past the step-4 save
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmforge", "train",
+           str(path), "--run-dir", str(killed)]
+    launch = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and _last_step(killed) < 5:
+        time.sleep(0.2)
+    _kill_tree(launch)
+    assert 5 <= max(_losses(killed)) < 8
+    proc = _train(2, path, killed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = _losses(killed)
+    assert [got[s] for s in range(1, 9)] == [ref[s] for s in range(1, 9)]
 
 
 def test_an_fsdp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path, small_text):
@@ -216,3 +239,38 @@ def test_fsdp_refuses_what_it_cannot_shard(small_text):
         load_preset({**base, "train": {**base["train"], "async_save": True}})
     with pytest.raises(PresetError, match="fsdp_cpu_offload"):
         load_preset({**base, "train": {**base["train"], "parallel": "ddp", "fsdp_cpu_offload": True}})
+
+
+def test_a_disk_that_fills_under_fsdp_ends_every_process_with_one_line_and_keeps_the_slots(tmp_path, small_text):
+    """From step 15 no file may grow past 64 KiB, so the step-20 shard writes fail inside DCP: every process exits
+    74 with one line, the half-written lm_next is gone and the step-10 slot is whole."""
+    preset, _ = _fsdp_preset(tmp_path, small_text, max_steps=30, save_interval=10, eval_interval=100)
+    preset["objective"] = {"name": "python", "path": "helpers.my_losses:fills_the_disk"}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    run = tmp_path / "run"
+    env = {**ENV, "FILL_DISK_AT_CALL": "15", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmforge", "train",
+           str(path), "--run-dir", str(run), "--trust-code"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "lmforge: error: cannot write checkpoint slot" in line]
+    assert len(errors) >= 1 and all("lm_next" in e and "MiB free there" in e for e in errors), proc.stderr[-3000:]
+    assert "exitcode  : 74" in proc.stderr and "[rank0]: Traceback" not in proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["lm_current"]
+    assert CheckpointManager(run / "checkpoints").load_latest().meta["step"] == 10
+
+
+def test_every_rank_gets_the_same_number_of_val_batches(small_text):
+    """A sharded model runs collectives in every forward: an extra val batch on one rank would hang the others."""
+    from lmforge.data import build_val_batches
+    from lmforge.data.tokenizers import CharTokenizer
+
+    cfg = load_preset(tiny_preset(small_text)).data
+    tok = CharTokenizer(sorted(set(small_text.read_text())))
+    one = build_val_batches(cfg, tok, batch_size=4, seq_length=32, max_batches=1000)
+    assert len(one) % 3 != 0  # so 3 ranks would get uneven shares without the trim
+    for world in (2, 3):
+        counts = {len(build_val_batches(cfg, tok, batch_size=4, seq_length=32, max_batches=1000, rank=r, world_size=world))
+                  for r in range(world)}
+        assert len(counts) == 1 and counts.pop() == len(one) // world

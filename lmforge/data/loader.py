@@ -216,7 +216,9 @@ def build_val_batches(
     world_size: int = 1,
     labels: Any = None,
 ) -> list[Batch]:
-    """This rank's share of the first `max_batches * world_size` val batches: unshuffled, padded at the end, the same every call.
+    """This rank's share of the first `max_batches * world_size` val batches: unshuffled, padded at the end, the same every call,
+    and the same count on every rank (a remainder that would leave ranks uneven is dropped; fewer batches than
+    ranks are repeated).
 
     Every rank reads the val split as one reader and keeps batches rank, rank + world_size, ...:
     val sets are small, and sharding by document would leave ranks empty when there are fewer
@@ -239,6 +241,9 @@ def build_val_batches(
             f"the validation split is empty: sources {names} give no val text with "
             f"validation.method={cfg.validation.method!r}, fraction={cfg.validation.fraction}; raise the fraction or add data"
         )
+    if world_size > 1:  # every rank the same number of batches: a sharded (FSDP) model runs collectives per forward
+        whole = len(batches) // world_size * world_size
+        batches = batches[:whole] if whole else [batches[i % len(batches)] for i in range(world_size)]
     return batches[rank::world_size]
 
 

@@ -84,6 +84,7 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
     (disk full, read-only) raises CheckpointWriteError on every process, the earlier slots whole.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = sharded_state(model, optimizer, grad_filters)
     bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"], "optimizer")
@@ -104,8 +105,8 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # one process: "assuming the intent is to save in a single process"
                 dcp.save(state, checkpoint_id=str(staging / SHARDS_DIR))
-        except Exception as err:  # DCP re-raises one process's write error on all of them (CheckpointException)
-            cause = next((e for e in getattr(err, "failures", {}).values() if is_write_failure(e)), err)
+        except (Exception, CheckpointException) as err:  # DCP re-raises a process's write error on all (a BaseException)
+            cause = next((e for e, _ in getattr(err, "failures", {}).values() if is_write_failure(e)), err)
             if not is_write_failure(cause):
                 raise
             failure = str(write_failure(cause, staging, "checkpoint slot"))
@@ -115,6 +116,8 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
             written = manager.commit_sharded(slot, train_state, meta)
         except CheckpointWriteError as err:
             failure = str(err)
+        except OSError as err:  # a rename of the rotation: the other processes must hear of it, not wait
+            failure = str(write_failure(err, staging, "checkpoint slot"))
     failure = runtime.broadcast_object(failure)  # also the barrier: no process runs ahead of the rotation
     if failure:
         if runtime.is_main:
@@ -157,6 +160,7 @@ def load_latest_sharded(manager: CheckpointManager, runtime: Runtime, model: nn.
     """Every process: the newest whole slot loaded into the (sharded) model, optimizer and filters; its state.pt
     in the returned Checkpoint. A slot that fails to verify, load, or holds inf/NaN is passed over with a warning."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     names = runtime.broadcast_object([p.name for _, p in manager.candidates()] if runtime.is_main else None)
@@ -178,10 +182,15 @@ def load_latest_sharded(manager: CheckpointManager, runtime: Runtime, model: nn.
                                   "train.parallel it was trained with")
         ckpt = read_slot(path, verify_hash=False, weights=False)
         state = sharded_state(model, optimizer, [])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # one process: "assuming the intent is to load in a single process"
-            dcp.load({"model": state["model"], "optimizer": state["optimizer"]}, checkpoint_id=str(path / SHARDS_DIR))
         touched = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # one process: "assuming the intent is to load in a single process"
+                dcp.load({"model": state["model"], "optimizer": state["optimizer"]}, checkpoint_id=str(path / SHARDS_DIR))
+        except CheckpointException as err:  # raised on every process alike
+            if runtime.is_main:
+                warnings.warn(f"checkpoint {name} is unusable, falling back to an older one: {err}", stacklevel=2)
+            continue
         bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"], "optimizer")
         if _any_rank(runtime, bool(bad)):
             if runtime.is_main:
@@ -202,7 +211,7 @@ def rederive_position(pipeline: Any, saved_ranks: list[dict[str, Any]], runtime:
     Each process reads its own shard of every source, so with another number of processes no saved stream
     continues. Every process starts its new stream at the stage's data start and skips the batches the saved
     processes drew, on average, per process (it reads and packs them: this takes time on a long run), so the run
-    goes on at the same point of the same epoch. What is not kept: which documents come in which later batch
+    goes on at the same point of the same epoch (data.adaptive's weights are rank 0's). What is not kept: which documents come in which later batch
     (some of the epoch's documents come twice and others not at all until the next epoch), and the RNG streams
     (dropout, sampling), which are re-seeded from (train.seed, step, rank).
     """
@@ -210,6 +219,10 @@ def rederive_position(pipeline: Any, saved_ranks: list[dict[str, Any]], runtime:
 
     consumed = sum(int(r["data"]["batches_consumed"]) for r in saved_ranks)
     skip = consumed // runtime.world_size
+    start = {**pipeline.state_dict(), "readers": {}, "next_reader": 0, "batches_consumed": 0}  # the stage's data start
+    if "adaptive" in saved_ranks[0]["data"]:  # data.adaptive's weights are one state shared by all processes
+        start["adaptive"] = saved_ranks[0]["data"]["adaptive"]
+    pipeline.load_state_dict(start)  # also after a rollback, when the pipeline has drawn batches already
     if runtime.is_main:
         print(f"resuming {len(saved_ranks)} processes' checkpoint on {runtime.world_size}: each process skips {skip:,} "
               "batches to the saved point of the data", file=sys.stderr)
