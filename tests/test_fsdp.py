@@ -140,7 +140,8 @@ COMPOSED = {
                                    "attn_window": 4, "memory_chunk": 4},
                          "layer_swaps": [{"name": "bitlinear"}]},
     "ma_bf16_selective_stage": {"grad_filters": [{"name": "grokfast_ma", "window": 3, "lamb": 1.0}],
-                                "stages": [{"name": "all", "until_step": 2}, {"name": "top", "trainable": ["blocks.1.*", "ln_f.*"]}],
+                                "stages": [{"name": "all", "until_step": 2, "model_settings": {"causal": True}},
+                                           {"name": "top", "trainable": ["blocks.1.*", "ln_f.*"]}],
                                 "train": {"precision": "bf16", "activation_checkpointing": "selective", "peak_flops": 1e11}},
 }
 

@@ -135,13 +135,16 @@ class StagePlan:
             return stage.schedule, step - stage.start_step, stage.lr
         return self.run_schedule, step, stage.lr
 
-    def check(self, model: torch.nn.Module, optimizer: Optimizer) -> None:
-        """Try every stage's settings on a copy of the model, and its globs and optimizer options, so a bad value fails
-        at setup, not at a boundary hours in."""
+    def check_settings(self, model: torch.nn.Module) -> None:
+        """Try every stage's model settings on a copy of the model (before FSDP shards it: a sharded module cannot be
+        copied), so a bad value fails at setup, not at a boundary hours in."""
         if any(stage.settings for stage in self.stages):
             trial = copy.deepcopy(model)
             for stage in self.stages:
                 self._set(trial, stage.index, stage.settings)
+
+    def check(self, model: torch.nn.Module, optimizer: Optimizer) -> None:
+        """Check every stage's `trainable` globs and optimizer options against the model and optimizer at setup."""
         names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
         for stage in self.stages:
             for i, pattern in enumerate(stage.trainable or ()):

@@ -78,6 +78,7 @@ class Trainer:
         self.model = setup_model(self.resolved, rt)
         self.objectives = self._setup_objectives()
         self.objective = self.objectives[self.stage_index]
+        self.stages.check_settings(self.model)
         prepare_for_training(self.model, tc, rt)  # activation checkpointing, FSDP sharding: before the optimizer sees the parameters
         self.grad_filters = [GRAD_FILTERS.get(f.name)(f, self.model) for f in preset.grad_filters]
         self.optimizer = build_optimizer(self.model, tc, rt)
@@ -97,8 +98,7 @@ class Trainer:
         ]
         self.val_batches = [b for _, batches in self.val_parts for b in batches]
         self.metrics = MetricsLogger(self.run_dir, rt.is_main, tc.tensorboard, tc.wandb, preset.name, self.resolved.to_dict())
-        self.step = 0
-        self.tokens = 0
+        self.step, self.tokens = 0, 0
         self.elapsed_before = 0.0
         self._t_start = time.time()  # fit() restarts the clock; set here so a save before fit() works
         self.best_val_loss: float | None = None
