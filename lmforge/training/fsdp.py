@@ -211,9 +211,9 @@ def rederive_position(pipeline: Any, saved_ranks: list[dict[str, Any]], runtime:
     Each process reads its own shard of every source, so with another number of processes no saved stream
     continues. Every process starts its new stream at the stage's data start and skips the batches the saved
     processes drew, on average, per process (it reads and packs them: this takes time on a long run), so the run
-    goes on at the same point of the same epoch (data.adaptive's weights are rank 0's). What is not kept: which documents come in which later batch
-    (some of the epoch's documents come twice and others not at all until the next epoch), and the RNG streams
-    (dropout, sampling), which are re-seeded from (train.seed, step, rank).
+    goes on at the same point of the same epoch (data.adaptive's weights are rank 0's). What is not kept: which
+    documents come in which later batch (some of the epoch's documents come twice and others not at all until the
+    next epoch), and the RNG streams (dropout, sampling), which are re-seeded from (train.seed, step, rank).
     """
     from lmforge.training.state import seed_everything
 
