@@ -4,10 +4,10 @@
 #   2. torch.compile: the wall time with compilation and the tokens/s it buys;
 #   3. DDP and FSDP runs over NCCL (when 2+ GPUs are visible), the FSDP one resumed from its sharded checkpoint;
 #   4. tokens/s and MFU (against the data-sheet peak) on nanoGPT's 10.65M shakespeare_char model.
-# usage: bash bench/gpu_check.sh [OUT_DIR]    (writes OUT_DIR/gpu_check.json and the run dirs; default /tmp/lmforge_gpu)
+# usage: bash bench/gpu_check.sh [OUT_DIR]    (writes OUT_DIR/gpu_check.json and the run dirs; default runs/gpu_check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-/tmp/lmforge_gpu}
+OUT=${1:-runs/gpu_check}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 TEXT=${LMFORGE_TEXT:-../shared/data/tinyshakespeare.txt}  # the presets' data path is relative to this repo's parent

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
 ROLLING = ("lm_current", "lm_prev", "lm_prev2")
 BEST = "best"
@@ -110,9 +111,11 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in a (nested) state that hold an inf or NaN."""
-    if isinstance(state, torch.Tensor):
-        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    """Names of the floating-point tensors in a (nested) state that hold an inf or NaN (of an FSDP state: in this
+    process's shards)."""
+    if isinstance(state, torch.Tensor):  # an FSDP DTensor is checked on this process's shard: no collective
+        local = state.to_local() if isinstance(state, DTensor) else state
+        return [prefix] if local.is_floating_point() and not bool(torch.isfinite(local).all()) else []
     items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
     return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from lmforge.protocols import BlockStack, GradientFilter
 from lmforge.runtime import Runtime
 from lmforge.training.checkpoint import (
-    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, is_write_failure, read_slot, write_failure,
+    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, is_write_failure, nonfinite_tensors, read_slot, write_failure,
 )
 
 
@@ -45,27 +44,6 @@ def shard_model(model: nn.Module, runtime: Runtime, cpu_offload: bool = False) -
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, torch.distributed.tensor.DTensor) else t
-
-
-def _nonfinite(state: Any, prefix: str = "") -> list[str]:
-    """Names of this process's floating-point tensors (its shards) that hold an inf or NaN; no collective."""
-    if isinstance(state, torch.Tensor):
-        local = _local(state)
-        return [prefix] if local.is_floating_point() and not bool(torch.isfinite(local).all()) else []
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    return [n for k, v in items for n in _nonfinite(v, f"{prefix}.{k}" if prefix else str(k))]
-
-
-def _any_rank(runtime: Runtime, flag: bool) -> bool:
-    if not runtime.distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=runtime.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def sharded_state(model: nn.Module, optimizer: Any, grad_filters: Sequence[GradientFilter]) -> dict[str, Any]:
@@ -87,8 +65,8 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
     from torch.distributed.checkpoint.api import CheckpointException
 
     state = sharded_state(model, optimizer, grad_filters)
-    bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"], "optimizer")
-    if _any_rank(runtime, bool(bad)):
+    bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"], "optimizer")
+    if runtime.all_reduce_mean(float(bool(bad))) > 0:  # any process
         if runtime.is_main:
             warnings.warn(f"step {meta.get('step')}: {slot} checkpoint not written: non-finite values"
                           f"{' in ' + ', '.join(bad[:3]) if bad else ' on another process'}; the older slots stay as they are", stacklevel=2)
@@ -191,8 +169,8 @@ def load_latest_sharded(manager: CheckpointManager, runtime: Runtime, model: nn.
             if runtime.is_main:
                 warnings.warn(f"checkpoint {name} is unusable, falling back to an older one: {err}", stacklevel=2)
             continue
-        bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"], "optimizer")
-        if _any_rank(runtime, bool(bad)):
+        bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"], "optimizer")
+        if runtime.all_reduce_mean(float(bool(bad))) > 0:  # any process
             if runtime.is_main:
                 warnings.warn(f"checkpoint {name} is unusable, falling back to an older one: non-finite values", stacklevel=2)
             continue

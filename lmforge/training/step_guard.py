@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from lmforge.runtime import Runtime
 
@@ -33,8 +34,6 @@ class Verdict:
 def global_norm(norm: torch.Tensor) -> torch.Tensor:
     """A gradient norm as a plain tensor: under FSDP the norm of sharded gradients is a DTensor, already reduced
     over the shards (the same value on every process), so its full value is read out."""
-    from torch.distributed.tensor import DTensor
-
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
