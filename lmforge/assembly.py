@@ -5,6 +5,8 @@ model that loads.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from lmforge.config import Preset
@@ -14,11 +16,15 @@ from lmforge.objectives.heads import restore_heads
 from lmforge.registry import LAYER_SWAPS
 
 
-def build_run_model(preset: Preset, state: dict[str, torch.Tensor] | None = None, auxiliary: bool = False) -> torch.nn.Module:
+def build_run_model(preset: Preset, state: dict[str, torch.Tensor] | None = None, auxiliary: bool = False,
+                    before_swaps: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
     """`preset.model` built and passed through `preset.layer_swaps` in order; with a checkpoint's `state`, the heads
     an objective attached in training (classification_head, the auxiliary heads, ...) are re-attached so the state
-    loads. `auxiliary`: attach the preset's auxiliary heads even without a state (to count their parameters)."""
+    loads. `auxiliary`: attach the preset's auxiliary heads even without a state (to count their parameters).
+    `before_swaps(arch)` runs on the bare arch (train.init_from of full-precision weights into a swap that renames them)."""
     model = build_model(preset.model)
+    if before_swaps is not None:
+        before_swaps(model)
     for swap in preset.layer_swaps:
         model = LAYER_SWAPS.get(swap.name)(model, swap)
     if state is not None:

@@ -298,10 +298,16 @@ def cmd_export(ns: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     run = _load_run(ns.run_dir, ns.slot)
+    from lmforge.quant.qlora import adapter_layers, merge_adapters
+
+    model, preset = run.model, run.preset
+    if ns.format != "ternary" and adapter_layers(model):  # QLoRA: export the merged fp32 weights as a plain model
+        model = merge_adapters(model)
+        preset = preset.model_copy(update={"layer_swaps": [s for s in preset.layer_swaps if s.name != "nf4_lora"]})
     if ns.format == "safetensors":
         from lmforge.export import export_safetensors
 
-        export_safetensors(run.model, run.preset, run.tokenizer, ns.out)
+        export_safetensors(model, preset, run.tokenizer, ns.out)
         print(f"exported {run.slot} (step {run.step}) to {ns.out}: model.safetensors, preset.json, tokenizer")
         return 0
     if ns.format == "ternary":
@@ -322,7 +328,7 @@ def cmd_export(ns: argparse.Namespace, extra: list[str]) -> int:
     from lmforge.export.hf import ExportError, export_hf
 
     try:
-        what = export_hf(run.model, run.tokenizer, ns.out)
+        what = export_hf(model, run.tokenizer, ns.out)
     except ExportError as err:
         return _fail(str(err))
     print(f"exported {run.slot} (step {run.step}) to {ns.out}: {what}")

@@ -14,6 +14,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "$TORCH_SPEC"
 fi
 # fla (fla-core) is only located, not imported: its package __init__ needs Triton; the tests load one file by path.
-if ! .venv/bin/python -c "import lmforge, pytest, hypothesis, tensorboard, datasets, h5py, pypdf, transformers, lm_eval, matplotlib, einops, importlib.util, sys; sys.exit(importlib.util.find_spec('fla') is None)" 2>/dev/null; then
+if ! .venv/bin/python -c "import lmforge, pytest, hypothesis, tensorboard, datasets, h5py, pypdf, transformers, lm_eval, matplotlib, einops, peft, torchao, bitsandbytes, importlib.util, sys; sys.exit(importlib.util.find_spec('fla') is None)" 2>/dev/null; then
   .venv/bin/pip install --quiet -e ".[dev]"
 fi

@@ -16,8 +16,6 @@ which every objective adds to the loss and logs by name.
 """
 from __future__ import annotations
 
-import fnmatch
-from collections import Counter
 from typing import Literal
 
 import torch
@@ -27,6 +25,7 @@ from pydantic import Field
 from lmforge.config_base import Section
 from lmforge.models.output import ModelOutput
 from lmforge.quant.bitlayers import BitGRU, BitLinear, TernaryWeights
+from lmforge.quant.targets import find_targets, no_targets_error, replace_module
 from lmforge.quant.ternary import grid_distance
 from lmforge.registry import LAYER_SWAPS
 
@@ -46,37 +45,9 @@ class BitLinearSwapConfig(Section):
     reg_weight: float = Field(0.0, ge=0, description="weight of the ternary-grid regularizer (aux loss bitnet_reg); 0 = off")
 
 
-def _vocab_size(model: nn.Module) -> int | None:
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
-    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
-
-
 def find_swap_targets(model: nn.Module, cfg: BitLinearSwapConfig) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every layer the swap would replace, in model order."""
-    owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
-    vocab = _vocab_size(model)
-    targets = []
-    for name, module in model.named_modules():
-        if isinstance(module, TernaryWeights) or not name:
-            continue
-        is_linear = isinstance(module, nn.Linear)
-        is_gru = cfg.gru and isinstance(module, nn.GRU) and module.num_layers == 1 and not module.proj_size
-        if not (is_linear or is_gru):
-            continue
-        if not any(fnmatch.fnmatchcase(name, p) for p in cfg.include) or any(fnmatch.fnmatchcase(name, p) for p in cfg.exclude):
-            continue
-        if any(owners[id(p)] > 1 for p in module.parameters(recurse=False)):
-            continue  # tied to another module (an LM head sharing the embedding): leave both untouched
-        if is_linear and vocab is not None and module.out_features == vocab:
-            continue  # a vocabulary head under another name
-        targets.append((name, module))
-    return targets
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return find_targets(model, cfg.include, cfg.exclude, gru=cfg.gru, skip=(TernaryWeights,))
 
 
 class QuantizationRegularizer:
@@ -106,15 +77,13 @@ def swap_to_bitnet(model: nn.Module, cfg: BitLinearSwapConfig) -> nn.Module:
     """Replace the targets in place (and return the model); raise if the model has none."""
     targets = find_swap_targets(model, cfg)
     if not targets:
-        kinds = sorted({type(m).__name__ for m in model.modules()})
-        raise ValueError(f"layer swap bitlinear found no nn.Linear{'/nn.GRU' if cfg.gru else ''} to replace "
-                         f"(include={cfg.include}, exclude={cfg.exclude}); the model has: {', '.join(kinds)}")
+        raise no_targets_error("bitlinear", model, cfg.include, cfg.exclude, "nn.Linear/nn.GRU" if cfg.gru else "nn.Linear")
     for name, module in targets:
         if isinstance(module, nn.Linear):
             new: nn.Module = BitLinear.from_linear(module, cfg.eps, cfg.norm_eps)
         else:
             new = BitGRU.from_gru(module, cfg.eps, cfg.norm_eps)
-        _replace(model, name, new)
+        replace_module(model, name, new)
     if cfg.reg_weight > 0:
         model.register_forward_hook(QuantizationRegularizer(cfg.reg_weight, cfg.eps))
     return model

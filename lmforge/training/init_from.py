@@ -34,20 +34,33 @@ def source_state(spec: str) -> dict[str, torch.Tensor]:
     return load_run(path, slot).model.state_dict()
 
 
-def init_weights_from(model: torch.nn.Module, spec: str) -> None:
-    """Copy the weights named by `spec` into `model`; a PresetError names any shape that differs."""
+def load_source(spec: str) -> dict[str, torch.Tensor]:
+    """`source_state(spec)`, its errors as a PresetError naming the spec."""
     try:
-        state = source_state(spec)
+        return source_state(spec)
     except (OSError, ValueError, RuntimeError) as err:
         raise PresetError(f"train.init_from {spec!r}: {err}") from err
+
+
+def misfits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(shapes that differ, weights the model lacks) of `state` against `model`."""
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or bool(v.count_nonzero())}
     wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and v.shape != own[k].shape]
-    extra = [k for k in state if k not in own]
+    return wrong, [k for k in state if k not in own]
+
+
+def init_weights_from(model: torch.nn.Module, spec: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy the weights named by `spec` (or its already loaded `state`) into `model`; a PresetError names any shape
+    that differs."""
+    state = load_source(spec) if state is None else state
+    wrong, extra = misfits(model, state)
     if wrong or extra:
         raise PresetError(f"train.init_from {spec!r} does not fit the preset's model: "
                           f"shapes {wrong[:3]}, weights the model lacks {extra[:3]}")
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own}
     try:
         with torch.no_grad():
             load_model_state(model, {k: v.to(own[k].dtype) for k, v in state.items()})

@@ -16,7 +16,7 @@ from lmforge.data.tokenizers import Tokenizer
 from lmforge.runtime import Runtime
 from lmforge.training.activation_checkpointing import apply_activation_checkpointing
 from lmforge.training.fsdp import shard_model
-from lmforge.training.init_from import init_weights_from
+from lmforge.training.init_from import init_weights_from, load_source, misfits
 from lmforge.training.state import seed_everything
 
 
@@ -77,8 +77,16 @@ def setup_model(resolved: Preset, runtime: Runtime) -> torch.nn.Module:
     check_model_fits(resolved, runtime)
     seed_everything(resolved.train.seed)
     model = build_run_model(resolved)
-    if resolved.train.init_from:
-        init_weights_from(model, resolved.train.init_from)
+    spec = resolved.train.init_from
+    if spec:
+        state = load_source(spec)
+        if any(misfits(model, state)) and resolved.layer_swaps:
+            # a full-precision source for a swap that renames weights (nf4_lora's NF4 codes): load it into the arch,
+            # then swap, so the swap quantizes the pretrained weights
+            seed_everything(resolved.train.seed)
+            model = build_run_model(resolved, before_swaps=lambda arch: init_weights_from(arch, spec, state))
+        else:
+            init_weights_from(model, spec, state)
     return model.to(runtime.device)
 
 

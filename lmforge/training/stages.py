@@ -65,6 +65,7 @@ class StagePlan:
     def __init__(self, preset: Preset, total_steps: int):
         self.explicit = preset.stages is not None
         self.base = preset.data
+        self._built_trainable: dict[int, bool] | None = None  # requires_grad as the model was built (see apply)
         self.run_schedule = build_schedule(preset.train.lr_schedule, total_steps)
         if not self.explicit:
             self.stages = [Stage(0, None, 0, total_steps, preset.data)]
@@ -173,11 +174,19 @@ class StagePlan:
                               "until_fraction ends); keep the run's length or give the stages until_step ends")
 
     def apply(self, model: torch.nn.Module, index: int) -> None:
-        """Put the model in stage `index`'s settings (`set_<name>(value)`) and freeze what the stage does not train."""
+        """Put the model in stage `index`'s settings (`set_<name>(value)`) and freeze what the stage does not train.
+
+        A stage without `trainable` trains what the model trains as built (all of it, or only the adapters after
+        an nf4_lora swap): those flags are read on the first call, before any stage changed them."""
         self._set(model, index, self.settings(index))
         globs = self.stages[index].trainable
+        if self._built_trainable is None:
+            self._built_trainable = {id(p): p.requires_grad for _, p in _parameters_by_tensor(model)}
         for names, p in _parameters_by_tensor(model):
-            p.requires_grad_(globs is None or any(fnmatch.fnmatchcase(n, g) for n in names for g in globs))
+            if globs is None:
+                p.requires_grad_(self._built_trainable.get(id(p), True))
+            else:
+                p.requires_grad_(any(fnmatch.fnmatchcase(n, g) for n in names for g in globs))
 
     def apply_optimizer_options(self, optimizer: Optimizer, index: int) -> None:
         """Set the stage's optimizer options on every param group; weight_decay only on the groups that decay."""
