@@ -27,6 +27,7 @@ from lmforge.objectives.auxiliary import AuxiliaryConfig
 from lmforge.preset_compat import translate_seed002
 from lmforge.registry import GRAD_FILTERS, LAYER_SWAPS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Registry
 from lmforge.run_point import at_step
+from lmforge.stackwise import StackwiseConfig, expand as expand_stackwise
 
 CONFIG_DIR_NAME = "configs"
 DEFAULT_PRESET = "quickstart_cpu"  # what `python main.py` trains when Enter is pressed or there is no terminal
@@ -192,6 +193,15 @@ class StageDataConfig(Section):
         return DataConfig.model_validate(raw)
 
 
+class GrowthConfig(Section):
+    """How a stage initialises the blocks its deeper model adds."""
+
+    method: Literal["random", "copy", "zero", "midas"] = Field(description="random: as built; copy: of the trained blocks, "
+                                                                           "cyclically; zero: output projections zeroed "
+                                                                           "(function preserving); midas: duplicate the middle group")
+    block_size: int = Field(1, ge=1, description="midas: layers per group")
+
+
 class StageConfig(Section):
     """One stage of a stage plan: where it ends, what it trains on and with what, which settings it sets on entry.
 
@@ -217,6 +227,13 @@ class StageConfig(Section):
     optimizer: dict[str, Any] = Field(
         default_factory=dict, description="optimizer param-group options set on entering the stage (weight_decay, betas, eps, momentum, ...)"
     )
+    growth: GrowthConfig | None = Field(None, description="on entering the stage, initialise the blocks its deeper `depth` "
+                                                          "adds (lmforge/training/growth.py)")
+    reset_head: bool = Field(False, description="on entering the stage, re-initialise the final norm and LM head (a head per stage)")
+    activation_cache: Literal["off", "memory", "disk"] = Field(
+        "off", description="serve the frozen embeddings and lower blocks from a per-sequence cache (memory, or a file under the run dir)")
+    activation_cache_gb: float = Field(4.0, gt=0, description="most bytes the activation cache stores (GiB)")
+    backup: bool = Field(False, description="at the stage's end, write its trained parameters (fp32) under backups/<run id>/")
 
     @model_validator(mode="after")
     def _one_boundary(self) -> "StageConfig":
@@ -288,6 +305,8 @@ class Preset(Section):
     stages: list[StageConfig] | None = Field(
         None, min_length=1, description="a stage plan (curriculum): ordered stages, each with its own end, data and model settings; None = one stage"
     )
+    stackwise: StackwiseConfig | None = Field(None, description="seed 004's training modes (layerwise, blockwise, fusion, progressive, "
+                                                                "midas), written out as `stages` when the preset loads")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -363,6 +382,7 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     if not isinstance(raw, dict):
         raise PresetError("(preset): must be a JSON/YAML object with sections model, data, train")
     problems: list[str] = []
+    raw = _expand_stackwise(raw, problems)
     raw, filled = _fill_stage_sources(raw)
     try:
         preset: Preset | None = Preset.model_validate(raw)
@@ -398,6 +418,42 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     preset.model, preset.objective, preset.grad_filters, preset.layer_swaps = model, objective, filters, swaps
     preset.train.lr_schedule, preset.train.optimizer = schedule, optimizer
     return preset
+
+
+def _expand_stackwise(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A `stackwise` section becomes the preset's `stages` (a resolved preset holds both: its stages must match)."""
+    if raw.get("stackwise") is None:
+        return raw
+    try:
+        cfg = StackwiseConfig.model_validate(raw["stackwise"])
+    except ValidationError as err:
+        problems.extend(_format_errors(err, ("stackwise",), StackwiseConfig))
+        return {k: v for k, v in raw.items() if k != "stackwise"}
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    if model.get("arch", "gpt") != "gpt":
+        problems.append(f"stackwise: its modes run a prefix of a GPT's blocks; model.arch is {model.get('arch')!r} (allowed: gpt)")
+        return raw
+    defaults = MODELS.config_class("gpt").model_fields
+    n_layer = model.get("n_layer", defaults["n_layer"].default)
+    learned = model.get("pos_embedding", defaults["pos_embedding"].default) == "learned"
+    objective = raw.get("objective") if isinstance(raw.get("objective"), dict) else None
+    try:
+        stages = expand_stackwise(cfg, int(n_layer), learned, objective)
+    except (TypeError, ValueError) as err:
+        problems.append(str(err))
+        return raw
+    if raw.get("stages") is not None and _validated_stages(raw["stages"]) != _validated_stages(stages):
+        problems.append("stages: this preset has a stackwise section, which writes the stages; remove one of the two")
+        return raw
+    return {**raw, "stages": stages}
+
+
+def _validated_stages(stages: Any) -> Any:
+    """Stages compared as validated (a resolved preset's stages carry every default)."""
+    try:
+        return [StageConfig.model_validate(s).model_dump(mode="json") for s in stages]
+    except (ValidationError, TypeError):
+        return stages
 
 
 def _fill_stage_sources(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -49,6 +49,28 @@ class BlockStack(Protocol):
     blocks: nn.ModuleList
 
 
+@runtime_checkable
+class LayerwiseModel(Protocol):
+    """A block stack that can run a prefix of its blocks and serve its frozen lower layers from an activation cache
+    (gpt): what StackWise's layer-wise, block-wise and progressive stage plans need."""
+
+    blocks: nn.ModuleList
+    depth: int
+    config: Any  # its config section (tie_embeddings is read)
+
+    def set_depth(self, depth: int) -> None:
+        ...
+
+    def use_activation_cache(self, cache: Any) -> None:  # lmforge.models.activation_cache.ActivationCache | None
+        ...
+
+    def frozen_prefix_depth(self) -> int:
+        ...
+
+    def reset_head(self) -> list[nn.Parameter]:  # re-initialise the final norm and LM head; returns their parameters
+        ...
+
+
 class RunContext(Protocol):
     """What an objective's `bind` may read of the run it joins (the Trainer is one)."""
 

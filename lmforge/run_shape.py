@@ -51,10 +51,14 @@ def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape
     elif tc.train_tokens:
         total = math.ceil(tc.train_tokens / per_step)
     else:
-        per_token = training_flops_per_token(preset.model_copy(update={"model": model.model_copy(update={"vocab_size": vocab})}), seq)
+        sized = preset.model_copy(update={"model": model.model_copy(update={"vocab_size": vocab})})
+        per_token = training_flops_per_token(sized, seq)
         if not per_token:
             raise PresetError(f"train.train_flops: model arch {model.arch!r} does not count its FLOPs; set train.max_steps or train.train_tokens")
         total = max(1, math.ceil(tc.train_flops / (per_token * per_step)))
+        if preset.stages:  # a stage plan's shallow stages cost less: find the steps its FLOPs fill (stage ends move with them)
+            for _ in range(8):
+                total = max(len(preset.stages), math.ceil(tc.train_flops / (run_flops_per_token(sized, seq, total) * per_step)))
     return RunShape(seq, vocab, tc.batch_size, tc.grad_accum_steps, world_size, total)
 
 
@@ -83,3 +87,59 @@ def resolved_preset(preset: Preset, shape: RunShape) -> Preset:
     resolved = preset.model_copy(deep=True)
     resolved.model = resolved.model.model_copy(update={"vocab_size": shape.vocab_size})
     return resolved
+
+
+def stage_flops_per_token(resolved: Preset, seq_length: int) -> list[float]:
+    """Training FLOPs per token in each stage of the run's plan (one entry without `stages`).
+
+    A stage that trains only some blocks of a shallower model (StackWise's layer-wise, block-wise and progressive
+    plans) costs less than the full model. From the model's own count (`training_flops_per_token`): the head's
+    matmul (6 * n_embd * vocab) and an even share of the rest per block, where a trained block costs all of its
+    share (forward 1/3, backward 2/3), a frozen block that gradients pass through 2/3, a frozen block below every
+    trained one 1/3 (forward only), and a cached one nothing once cached: a stage that keeps the previous stage's
+    cache runs each sequence through the one block it froze, a stage that starts a cache through its whole prefix
+    (each sequence met once per stage: an upper bound when sequences repeat within a stage).
+    """
+    import fnmatch
+
+    import torch
+
+    from lmforge.assembly import build_run_model
+    from lmforge.protocols import LayerwiseModel
+
+    full = training_flops_per_token(resolved, seq_length)
+    if not resolved.stages or not full:
+        return [full] * max(1, len(resolved.stages or ()))
+    with torch.device("meta"):
+        model = build_run_model(resolved)
+    if not isinstance(model, LayerwiseModel):
+        return [full] * len(resolved.stages)
+    n_layer = len(model.blocks)
+    head = 6.0 * model.get_input_embeddings().embedding_dim * model.get_input_embeddings().num_embeddings
+    block = (full - head) / n_layer
+    costs, depth, cached_depth = [], n_layer, 0
+    for stage in resolved.stages:
+        depth = stage.model_settings.get("depth", depth)
+        trains = lambda name: stage.trainable is None or any(fnmatch.fnmatchcase(name, g) for g in stage.trainable)  # noqa: E731
+        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        embeddings = any(trains(n) for n in names if n.startswith(("wte.", "wpe.")))
+        trained = [any(trains(n) for n in names if n.startswith(f"blocks.{i}.")) for i in range(depth)]
+        first = 0 if embeddings else next((i for i, t in enumerate(trained) if t), depth)
+        cache = stage.activation_cache != "off" and first > 0
+        prefix = (first - cached_depth if cache and 0 < cached_depth <= first else first) * block / 3 if cache else first * block / 3
+        above = sum(block if t else 2 * block / 3 for t in trained[first:])
+        head_trains = any(trains(n) for n in names if n.startswith(("ln_f.", "lm_head.")))
+        costs.append(prefix + above + (head if head_trains else 2 * head / 3))
+        cached_depth = first if cache else 0
+    return costs
+
+
+def run_flops_per_token(resolved: Preset, seq_length: int, total_steps: int) -> float:
+    """The run's training FLOPs per token averaged over its stages (weighted by their steps)."""
+    from lmforge.config import resolve_stage_ends
+
+    costs = stage_flops_per_token(resolved, seq_length)
+    if not resolved.stages:
+        return costs[0]
+    ends = resolve_stage_ends(resolved.stages, total_steps)
+    return sum(c * (end - start) for c, start, end in zip(costs, [0, *ends[:-1]], ends)) / total_steps

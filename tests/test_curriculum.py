@@ -226,7 +226,7 @@ def test_a_stage_without_data_or_settings_keeps_the_run_defaults(tmp_path, corpo
     (lambda r: r["stages"][1].pop("until_step"), ["stages.1: stage 'stories' needs until_fraction or until_step"]),
     (lambda r: r["stages"][1].update(until_fraction=0.5), ["stages.1: set until_fraction or until_step, not both"]),
     (lambda r: r["stages"][1].update(name="dictionary"), ["stages.1.name: 'dictionary' is used by an earlier stage"]),
-    (lambda r: r["stages"][0].update(until="30%"), ["stages.0.until: unknown key; allowed: data, lr, lr_schedule, model_settings, name, objective, optimizer, trainable, until_fraction, until_step"]),
+    (lambda r: r["stages"][0].update(until="30%"), ["stages.0.until: unknown key; allowed: activation_cache, activation_cache_gb, backup, data, growth, lr, lr_schedule, model_settings, name, objective, optimizer, reset_head, trainable, until_fraction, until_step"]),
     (lambda r: r["stages"][0]["data"].update(srcs=[]), ["stages.0.data.srcs: unknown key; allowed: mix, source_weights, sources"]),
     (lambda r: r["stages"][0]["data"]["sources"][0].update(type="txt"), ["stages.0.data.sources.0.type: unknown source type 'txt'", "text"]),
     (lambda r: r["stages"][0]["data"].update(mix="weighted"), ["stages.0.data: data.mix 'weighted' needs data.source_weights"]),

@@ -80,6 +80,10 @@ class DataConfig(Section):
         1000, ge=0, description="decoded samples kept per map-style source (binary windows, hdf5 rows) in an LRU cache, per reader; 0 = off"
     )
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes per rank; 0 = read in the training process")
+    packing: Literal["concat", "per_document"] = Field(
+        "concat", description="train blocks: concat = documents joined, blocks span them (nanoGPT); per_document = each "
+        "document cut on its own, its last block padded, so a document always gives the same blocks (an activation cache "
+        "then meets them again each epoch)")
     shuffle_buffer: int = Field(1024, ge=0, le=16_777_216, description="packed blocks held for shuffling; 0 = no shuffling")
     seed: int = 1337
 

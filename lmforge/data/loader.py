@@ -73,7 +73,7 @@ class TokenBatches(IterableDataset):
             reader=reader, num_readers=self.num_readers, loop=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0, seed=self.cfg.seed, state=self.states.get(reader),
             mix=self.cfg.mix, source_weights=self.cfg.source_weights, adaptive_weights=self.adaptive_weights,
-            task=self.cfg.task, labels=self.labels,
+            task=self.cfg.task, labels=self.labels, per_document=train and self.cfg.packing == "per_document",
         )
         try:
             for batch, update in stream.batches():

@@ -27,10 +27,14 @@ def split_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Packer:
     """Stateful: after each block, `state_dict()` is (upstream state after the last document read, leftover tokens).
 
-    `finite=True` (val) pads the final partial block with -100 instead of dropping it.
+    `finite=True` (val) pads the final partial block with -100 instead of dropping it. `per_document=True` never
+    lets a block span two documents: each document's last partial block is padded with -100 (Hugging Face's
+    per-example chunking), so a document always gives the same blocks, whatever order the documents come in
+    (what an activation cache needs to meet a sequence again in the next epoch).
     """
 
-    def __init__(self, encode: Callable[[str], list[int]], eos_id: int | None, seq_length: int, finite: bool, tag_source: bool = False):
+    def __init__(self, encode: Callable[[str], list[int]], eos_id: int | None, seq_length: int, finite: bool, tag_source: bool = False,
+                 per_document: bool = False):
         if seq_length < 1:
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
         self.encode, self.eos_id, self.seq_length, self.finite = encode, eos_id, seq_length, finite
@@ -38,6 +42,7 @@ class Packer:
         # block is credited to the document that supplied its last token, so a block spanning two documents
         # counts for the later one.
         self.tag_source = tag_source
+        self.per_document = per_document
         self.upstream: dict | None = None
         self._buf = EMPTY
         self._pos = 0
@@ -65,6 +70,13 @@ class Packer:
                 block = self._buf[self._pos:self._pos + width]
                 self._pos += self.seq_length
                 yield np.append(block, doc.get("source_index", 0)) if self.tag_source else block
+            if self.per_document:
+                rest = self._buf[self._pos:]
+                self._buf, self._pos = EMPTY, 0
+                if len(rest) > 1:
+                    block = np.full(width, IGNORE_INDEX, dtype=np.int64)
+                    block[:len(rest)] = rest
+                    yield np.append(block, doc.get("source_index", 0)) if self.tag_source else block
         rest = self._buf[self._pos:]
         if self.finite and len(rest) > 1:
             block = np.full(width, IGNORE_INDEX, dtype=np.int64)

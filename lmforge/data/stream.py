@@ -102,6 +102,7 @@ class ReaderStream:
         adaptive_weights: torch.Tensor | None = None,
         task: Task = "lm",
         labels: LabelVocab | None = None,
+        per_document: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -111,7 +112,8 @@ class ReaderStream:
         self.tagged = adaptive_weights is not None
         self.task = task
         if task == "lm":
-            self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged)
+            self.packer = Packer(tokenizer.encode, tokenizer.eos_id, seq_length, finite=not loop, tag_source=self.tagged,
+                                 per_document=per_document)
         else:  # one row per sample, the target kept with its input (data/supervised.py)
             self.packer = SupervisedPacker(task, tokenizer.encode, tokenizer.eos_id, seq_length, labels, tag_source=self.tagged)
         self.shuffle = ShuffleBuffer(shuffle_buffer, seed, reader) if shuffle_buffer > 0 else None

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.config_base import Section
+from lmforge.models.activation_cache import ActivationCache
 from lmforge.models.flops import flops_per_token
 from lmforge.models.layers import (
     Block,
@@ -172,6 +173,8 @@ class GPT(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._make_block(i) for i in range(config.n_layer))
+        self.depth = config.n_layer  # blocks the forward runs (a stage plan's `depth` setting trains a shallower model)
+        self.activation_cache: ActivationCache | None = None  # set by a stage plan whose lower layers are frozen
         self.set_causal(config.causal)
         self.ln_f = build_norm(config.norm, C, config.norm_eps, config.bias)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
@@ -216,6 +219,43 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.causal = bool(causal)
 
+    def set_depth(self, depth: int) -> None:
+        """Run only the first `depth` blocks (0 = embeddings straight into the head): layer-wise and progressive
+        stage plans train a shallow model first; the blocks above wait, untrained, until a stage grows into them."""
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= self.config.n_layer:
+            raise ValueError(f"depth must be an integer from 0 to n_layer ({self.config.n_layer}), got {depth!r}")
+        self.depth = depth
+
+    def use_activation_cache(self, cache: ActivationCache | None) -> None:
+        """Serve the frozen prefix (embeddings and the first `cache.depth` blocks) from `cache` in training forwards."""
+        if cache is not None and not 0 < cache.depth <= self.depth:
+            raise ValueError(f"an activation cache over {cache.depth} blocks needs 1 to depth ({self.depth}) frozen blocks")
+        self.activation_cache = cache
+
+    def frozen_prefix_depth(self) -> int:
+        """How many leading active blocks (with the embeddings) have no trainable parameter: what a cache may serve."""
+        embeddings = [self.wte] + ([self.wpe] if self.wpe is not None else [])
+        if any(p.requires_grad for m in embeddings for p in m.parameters()):
+            return 0
+        depth = 0
+        while depth < self.depth and not any(p.requires_grad for p in self.blocks[depth].parameters()):
+            depth += 1
+        return depth
+
+    @torch.no_grad()
+    def reset_head(self) -> list[nn.Parameter]:
+        """Re-initialise ln_f and lm_head as built (a stage plan's fresh head per stage); untied heads only."""
+        if self.config.tie_embeddings:
+            raise ValueError("a fresh head per stage needs model.tie_embeddings false (the tied head is the token embedding)")
+        if isinstance(self.ln_f, nn.LayerNorm):
+            self.ln_f.reset_parameters()
+        else:
+            self.ln_f.weight.fill_(1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=self.config.init_std)
+        if self.config.init == "pytorch":
+            self.lm_head.reset_parameters()
+        return [*self.ln_f.parameters(), *self.lm_head.parameters()]
+
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding (objectives that align hidden states with it, e.g. forge, read it here)."""
         return self.wte
@@ -231,17 +271,42 @@ class GPT(nn.Module):
         offset = cache.length if cache is not None else 0
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of {offset + T} tokens exceeds block_size ({self.config.block_size})")
-        x = self.wte(input_ids)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(offset, offset + T, device=input_ids.device))  # (T, C) broadcast
         rope = self.rotary(offset, T) if self.rotary is not None else None  # (T, hs/2) x2
-        x = self.drop(x)
-        for block in self.blocks:
+        start = 0
+        if self.activation_cache is not None and cache is None and self.training:
+            start = self.activation_cache.depth
+            x = self.activation_cache.lookup(input_ids, lambda ids, h, first, stop: self._frozen_prefix(ids, h, first, stop, rope))
+        else:
+            x = self._embed(input_ids, offset)
+        for block in self.blocks[start : self.depth]:
             x = block(x, rope, cache)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         h = self.ln_f(x)  # (B, T, C)
         return ModelOutput(logits=self.lm_head(h), hidden_states=h, cache=cache)  # logits (B, T, V)
+
+    def _embed(self, input_ids: torch.Tensor, offset: int) -> torch.Tensor:
+        x = self.wte(input_ids)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(offset, offset + input_ids.size(1), device=input_ids.device))  # (T, C) broadcast
+        return self.drop(x)
+
+    @torch.no_grad()
+    def _frozen_prefix(self, input_ids: torch.Tensor, x: torch.Tensor | None, first: int, stop: int, rope) -> torch.Tensor:
+        """blocks[first:stop] on x (on the embeddings when x is None) as at inference (dropout off): the activation
+        cache's values, one sequence at a time."""
+        modules = [self.drop, *self.blocks[first:stop]]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            x = self._embed(input_ids, 0) if x is None else x
+            for block in self.blocks[first:stop]:
+                x = block(x, rope, None)
+            return x
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
 
     def step(self, input_ids: torch.Tensor, cache: KVCache) -> ModelOutput:
         """One incremental decoding step: `forward` with a cache (the generation hook every arch provides)."""

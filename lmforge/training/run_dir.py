@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,3 +82,16 @@ def save_preset(run_dir: Path, preset: Preset) -> None:
     tmp = run_dir / "preset.json.tmp"
     tmp.write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
     os.replace(tmp, run_dir / "preset.json")
+
+
+RUN_ID_FILE = "run_id"
+
+
+def run_id(run_dir: Path) -> str:
+    """The run's id (12 hex digits, written once into the run dir): what its stage backups are filed under."""
+    path = run_dir / RUN_ID_FILE
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(uuid.uuid4().hex[:12] + "\n")
+        tmp.replace(path)
+    return path.read_text().strip()

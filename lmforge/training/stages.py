@@ -21,15 +21,19 @@ import copy
 import fnmatch
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from pydantic import BaseModel
 
-from lmforge.config import Preset, resolve_stage_ends
+from lmforge.config import GrowthConfig, Preset, resolve_stage_ends
 from lmforge.data.config import DataConfig
 from lmforge.errors import PresetError
-from lmforge.protocols import Optimizer
+from lmforge.models.activation_cache import ActivationCache
+from lmforge.protocols import LayerwiseModel, Optimizer
+from lmforge.training.growth import fresh_head, grow, midas_moves, write_backup
+from lmforge.training.run_dir import run_id
 from lmforge.training.schedules import Schedule, build_schedule
 
 Batches = list[dict[str, torch.Tensor]]
@@ -53,6 +57,11 @@ class Stage:
     lr: float = 1.0
     schedule: Schedule | None = None  # None: the run's schedule at the run's step
     optimizer: dict[str, Any] = field(default_factory=dict)
+    growth: GrowthConfig | None = None  # entry actions of a live boundary (lmforge/training/growth.py)
+    reset_head: bool = False
+    activation_cache: str = "off"
+    activation_cache_gb: float = 4.0
+    backup: bool = False
 
     @property
     def steps(self) -> int:
@@ -62,7 +71,10 @@ class Stage:
 class StagePlan:
     """The stages of one run, resolved against its step count, with the run's LR schedule."""
 
-    def __init__(self, preset: Preset, total_steps: int):
+    def __init__(self, preset: Preset, total_steps: int, run_dir: Path | None = None):
+        self.run_dir = run_dir  # where disk activation caches and stage backups go
+        self.cache: ActivationCache | None = None
+        self._crossing = False  # between enter_live and apply of a live boundary
         self.explicit = preset.stages is not None
         self.base = preset.data
         self._built_trainable: dict[int, bool] | None = None  # requires_grad as the model was built (see apply)
@@ -78,7 +90,7 @@ class StagePlan:
             Stage(
                 i, s.name, start, end, s.data.apply_to(preset.data) if s.data is not None else preset.data, dict(s.model_settings),
                 s.objective, s.trainable, s.lr, build_schedule(s.lr_schedule, end - start) if s.lr_schedule is not None else None,
-                dict(s.optimizer),
+                dict(s.optimizer), s.growth, s.reset_head, s.activation_cache, s.activation_cache_gb, s.backup,
             )
             for i, (s, start, end) in enumerate(zip(preset.stages, [0, *ends[:-1]], ends))
         ]
@@ -144,10 +156,11 @@ class StagePlan:
             for stage in self.stages:
                 self._set(trial, stage.index, stage.settings)
 
-    def check(self, model: torch.nn.Module, optimizer: Optimizer) -> None:
-        """Check every stage's `trainable` globs and optimizer options against the model and optimizer at setup."""
+    def check(self, model: torch.nn.Module, optimizer: Optimizer, sharded: bool = False) -> None:
+        """Check every stage's `trainable` globs, optimizer options and entry actions against the model at setup."""
         names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
         for stage in self.stages:
+            self._check_layerwise(model, stage, sharded)
             for i, pattern in enumerate(stage.trainable or ()):
                 if not fnmatch.filter(names, pattern):
                     raise PresetError(f"stages.{stage.index}.trainable.{i}: {pattern!r} matches no parameter; "
@@ -156,6 +169,37 @@ class StagePlan:
             for key in stage.optimizer:
                 if key not in allowed:
                     raise PresetError(f"stages.{stage.index}.optimizer.{key}: not an option of this optimizer; allowed: {', '.join(allowed)}")
+
+    def _check_layerwise(self, model: torch.nn.Module, stage: Stage, sharded: bool) -> None:
+        where = f"stages.{stage.index}"
+        wanted = [f for f, on in (("growth", stage.growth is not None), ("reset_head", stage.reset_head),
+                                  ("activation_cache", stage.activation_cache != "off")) if on]
+        if wanted and not isinstance(model, LayerwiseModel):
+            raise PresetError(f"{where}.{wanted[0]}: the model ({type(model).__name__}) cannot run a prefix of its blocks (arch gpt can)")
+        if wanted and sharded and (stage.growth is not None or stage.activation_cache != "off"):
+            raise PresetError(f"{where}: growth and activation caches are not available under train.parallel 'fsdp' (use ddp)")
+        if stage.reset_head and model.config.tie_embeddings:
+            raise PresetError(f"{where}.reset_head: a fresh head per stage needs model.tie_embeddings false")
+        if stage.growth is not None:
+            old, new = self.settings(stage.index - 1).get("depth") if stage.index else None, self.settings(stage.index).get("depth")
+            if old is None or new is None or new <= old:
+                raise PresetError(f"{where}.growth: a growing stage sets a larger model_settings.depth than the stage before it "
+                                  f"(depth {old} -> {new})")
+            if stage.growth.method == "midas":
+                try:
+                    midas_moves(old, new, stage.growth.block_size)
+                except ValueError as err:
+                    raise PresetError(f"{where}.growth: {err}") from None
+            elif stage.growth.method == "copy" and old == 0:
+                raise PresetError(f"{where}.growth: 'copy' needs a trained block to copy; a zero-layer model grows with 'random' or 'zero'")
+        if stage.backup and self.run_dir is None:
+            raise PresetError(f"{where}.backup: stage backups need a run dir")
+
+    def describe_cache(self) -> dict[str, Any]:
+        """Activation cache facts for a metrics row (nothing when no cache is active)."""
+        if self.cache is None:
+            return {}
+        return {"act_cache_rows": self.cache.rows, "act_cache_hit_rate": round(self.cache.hit_rate, 4)}
 
     @property
     def has_own_objectives(self) -> bool:
@@ -187,6 +231,60 @@ class StagePlan:
                 p.requires_grad_(self._built_trainable.get(id(p), True))
             else:
                 p.requires_grad_(any(fnmatch.fnmatchcase(n, g) for n in names for g in globs))
+        self._install_cache(model, index, deepen=self._crossing)
+        self._crossing = False
+
+    def _install_cache(self, model: torch.nn.Module, index: int, deepen: bool = False) -> None:
+        """An activation cache over the frozen prefix for a stage that asks for one (none otherwise). Crossing live
+        from a cached stage into one that freezes at least as much (`deepen`), the cache is kept and deepened."""
+        stage = self.stages[index]
+        depth = model.frozen_prefix_depth() if isinstance(model, LayerwiseModel) and stage.activation_cache != "off" else 0
+        if deepen and self.cache is not None and depth >= self.cache.depth:
+            self.cache.deepen(depth)
+        else:
+            if self.cache is not None:
+                self.cache.close()
+                self.cache = None
+            if depth:
+                disk = stage.activation_cache == "disk" and self.run_dir is not None
+                path = self.run_dir / "activation_cache" / f"stage{index}.bin" if disk else None
+                self.cache = ActivationCache(depth, int(stage.activation_cache_gb * 2**30), path)
+        if isinstance(model, LayerwiseModel):
+            model.use_activation_cache(self.cache)
+
+    def enter_live(self, model: torch.nn.Module, optimizer: Optimizer, index: int, is_main: bool = True) -> None:
+        """What a stage does once, when a live run crosses into it (never on a resume into it): back up the stage
+        that ended, grow the model to this stage's depth, give it a fresh head; the next `apply` may keep the
+        activation cache (the stage before was cached: its entries advance through the newly frozen block)."""
+        self._crossing = True
+        if index > 0 and self.stages[index - 1].backup:
+            self.write_backup(model, index - 1, is_main)
+        stage = self.stages[index]
+        if stage.growth is not None:
+            old, new = self.settings(index - 1).get("depth"), self.settings(index).get("depth")
+            grow(model, optimizer, stage.growth.method, old, new, stage.growth.block_size)
+        if stage.reset_head:
+            fresh_head(model, optimizer)
+
+    def finish(self, model: torch.nn.Module, completed: bool, is_main: bool = True) -> None:
+        """At the end of training: the last stage's backup (when it ran to its end); the activation cache freed."""
+        if completed and self.stages[-1].backup:
+            self.write_backup(model, len(self.stages) - 1, is_main)
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+            if isinstance(model, LayerwiseModel):
+                model.use_activation_cache(None)
+
+    def write_backup(self, model: torch.nn.Module, index: int, is_main: bool = True) -> None:
+        """Stage `index`'s trained parameters (fp32) as backups/<run id>/stage<index>-<name>.safetensors (every process
+        calls it: an FSDP parameter is gathered; the main process writes)."""
+        stage = self.stages[index]
+        globs = stage.trainable
+        names = [n for n, p in model.named_parameters()
+                 if (globs is None and self._built_trainable.get(id(p), True)) or any(fnmatch.fnmatchcase(n, g) for g in globs or ())]
+        path = self.run_dir / "backups" / run_id(self.run_dir) / f"stage{index}-{stage.name}.safetensors" if is_main else None
+        write_backup(model, names, path)
 
     def apply_optimizer_options(self, optimizer: Optimizer, index: int) -> None:
         """Set the stage's optimizer options on every param group; weight_decay only on the groups that decay."""
@@ -213,7 +311,7 @@ class StagePlan:
         """Fields for a metrics row: the stage index and name (nothing for a preset without stages)."""
         if not self.explicit:
             return {}
-        return {"stage": index, "stage_name": self.stages[index].name}
+        return {"stage": index, "stage_name": self.stages[index].name, **self.describe_cache()}
 
 
 def union_stage_data(base: DataConfig, stage_data: list[DataConfig]) -> DataConfig:

@@ -57,11 +57,9 @@ class Trainer:
             run_dir_lib.prepare(self.run_dir)
         run_dir_lib.check_shared(self.run_dir, rt)  # every process sees the same folder (across nodes: a shared filesystem)
         self.callbacks: list[Callback] = list(callbacks)
-        if tc.early_stopping_patience:
-            self.early_stopping = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta, tc.early_stopping_metric)
-            self.callbacks.append(self.early_stopping)
-        else:
-            self.early_stopping = None
+        patience = tc.early_stopping_patience
+        self.early_stopping = EarlyStopping(patience, tc.early_stopping_min_delta, tc.early_stopping_metric) if patience else None
+        self.callbacks += [self.early_stopping] if self.early_stopping else []
         self._stop_reason: str | None = None
 
         self.tokenizer = setup_tokenizer(preset_union_data(preset), self.run_dir, rt)
@@ -72,7 +70,7 @@ class Trainer:
         check_run_dir(self.checkpoints, self.resolved, self.run_dir)  # before preset.json is rewritten
         if rt.is_main:
             run_dir_lib.save_preset(self.run_dir, self.resolved)
-        self.stages = StagePlan(preset, self.shape.total_steps)  # one implicit stage when the preset has no `stages`
+        self.stages = StagePlan(preset, self.shape.total_steps, self.run_dir)  # one implicit stage when the preset has no `stages`
         self.stage_index = 0
         self.labels = setup_labels(preset, self.run_dir, rt)
         self.model = setup_model(self.resolved, rt)
@@ -84,7 +82,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc, rt)
         self.scaler = rt.grad_scaler()
         self.guard = StepGuard(tc.skip_nonfinite, tc.skip_spikes, rt)
-        self.stages.check(self.model, self.optimizer)
+        self.stages.check(self.model, self.optimizer, rt.sharded)
         self.stages.apply(self.model, self.stage_index)
         self.stages.apply_optimizer_options(self.optimizer, self.stage_index)
 
@@ -300,6 +298,7 @@ class Trainer:
             while self.step < self.total_steps and self._stop_reason is None:
                 stage = self.stages.index_at(self.step)
                 if stage != self.stage_index:
+                    self.stages.enter_live(self.model, self.optimizer, stage, rt.is_main)  # growth, a fresh head, backups: once
                     self._enter_stage(stage)
                     data_iter = iter(self.train_data)
                     if rt.distributed and not rt.sharded:  # DDP fixes the trained parameters when it wraps: wrap again after `trainable` changed
@@ -351,6 +350,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.writer.wait()  # an async save in flight is on disk before the run reports
+        self.stages.finish(self.model, self.step >= self.total_steps, rt.is_main)  # the last stage's backup, the cache freed
         stop_reason = self._stop_reason or "completed"
         if rt.is_main:
             print(f"stopped at step {self.step}: {stop_reason}", file=sys.stderr)
