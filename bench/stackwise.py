@@ -75,7 +75,7 @@ def training_bytes(preset_path: str, overrides: dict | None = None) -> dict:
 
 def part_modes(args, tmp: Path) -> list[dict]:
     """`lmforge compare --recipe layerwise` (configs/compare/layerwise.json: the runs and the FLOP budget)."""
-    out = tmp / "compare_layerwise"
+    out = REPO / "runs" / "compare" / "layerwise"  # the compare default: a second call reuses the finished runs
     cmd = [sys.executable, "-m", "lmforge", "compare", "--recipe", "layerwise", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -94,6 +94,11 @@ def part_qlora(args, tmp: Path) -> list[dict]:
     pretrained = tmp / "pretrained"
     pre = train("configs/shakespeare_char_cpu_best.json", pretrained, ["--train.eval_interval", "100000", "--train.save_interval", "100000"])
     rows = [{"run": "pretrain (shakespeare)", **pre}]
+    zero_shot = subprocess.run([sys.executable, "-m", "lmforge", "eval", "--run-dir", str(pretrained), "--data",
+                                "configs/stackwise_qlora_cpu.json"], capture_output=True, text=True, cwd=REPO)
+    if zero_shot.returncode == 0:
+        evaluated = json.loads(next(pretrained.glob("eval_*.json")).read_text())
+        rows.append({"run": "no fine-tune (stories val)", "val_loss": evaluated["val_loss"], "steps": 0})
     common = ["--train.init_from", str(pretrained), "--data.tokenizer.path", str(pretrained / "vocab.json"),
               "--train.eval_interval", "100000", "--train.save_interval", "100000"]
     runs = {"nf4_lora r8": [], "full fine-tune": ["--layer_swaps", "[]", "--train.lr", "0.001", "--train.weight_decay", "0.1"]}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lmforge.code_policy import code_policy
-from lmforge.config import PresetError, list_presets, load_preset, parse_override_value
+from lmforge.config import Preset, PresetError, list_presets, load_preset, parse_override_value
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands that need them
     from lmforge.generation import SamplingConfig
@@ -22,13 +22,16 @@ EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: another process of the run died; a
 
 
 def parse_dotted_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """`--train.lr 3e-4 --model.n_layer=6` -> {"train.lr": 0.0003, "model.n_layer": 6}."""
+    """`--train.lr 3e-4 --model.n_layer=6` -> {"train.lr": 0.0003, "model.n_layer": 6}; a whole section by its name
+    (`--layer_swaps '[{"name": "fp8"}]'`, `--stackwise null`) replaces that section."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise PresetError(f"unrecognised argument {arg!r}; preset overrides look like --section.key value")
+        name = arg.split("=", 1)[0][2:]
+        if not arg.startswith("--") or ("." not in name and name not in Preset.model_fields):
+            raise PresetError(f"unrecognised argument {arg!r}; preset overrides look like --section.key value "
+                              f"(or a whole section: --{' | --'.join(sorted(Preset.model_fields))} value)")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1

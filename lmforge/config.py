@@ -449,9 +449,15 @@ def _expand_stackwise(raw: dict[str, Any], problems: list[str]) -> dict[str, Any
 
 
 def _validated_stages(stages: Any) -> Any:
-    """Stages compared as validated (a resolved preset's stages carry every default)."""
+    """Stages compared as validated, their objective and LR schedule too (a resolved preset's carry every default)."""
     try:
-        return [StageConfig.model_validate(s).model_dump(mode="json") for s in stages]
+        dumped = [StageConfig.model_validate(s).model_dump(mode="json") for s in stages]
+        for stage in dumped:
+            for key, registry in (("objective", OBJECTIVES), ("lr_schedule", SCHEDULES)):
+                spec = stage.get(key)
+                if isinstance(spec, dict) and spec.get("name") in registry and registry.config_class(spec["name"]):
+                    stage[key] = registry.config_class(spec["name"]).model_validate(spec).model_dump(mode="json")
+        return dumped
     except (ValidationError, TypeError):
         return stages
 

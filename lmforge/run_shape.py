@@ -117,20 +117,22 @@ def stage_flops_per_token(resolved: Preset, seq_length: int) -> list[float]:
     n_layer = len(model.blocks)
     head = 6.0 * model.get_input_embeddings().embedding_dim * model.get_input_embeddings().num_embeddings
     block = (full - head) / n_layer
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     costs, depth, cached_depth = [], n_layer, 0
     for stage in resolved.stages:
         depth = stage.model_settings.get("depth", depth)
-        trains = lambda name: stage.trainable is None or any(fnmatch.fnmatchcase(name, g) for g in stage.trainable)  # noqa: E731
-        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
-        embeddings = any(trains(n) for n in names if n.startswith(("wte.", "wpe.")))
-        trained = [any(trains(n) for n in names if n.startswith(f"blocks.{i}.")) for i in range(depth)]
-        first = 0 if embeddings else next((i for i, t in enumerate(trained) if t), depth)
-        cache = stage.activation_cache != "off" and first > 0
-        prefix = (first - cached_depth if cache and 0 < cached_depth <= first else first) * block / 3 if cache else first * block / 3
+
+        def trains(prefixes: tuple[str, ...]) -> bool:
+            inside = [n for n in names if n.startswith(prefixes)]
+            return stage.trainable is None or any(fnmatch.fnmatchcase(n, g) for n in inside for g in stage.trainable)
+
+        trained = [trains((f"blocks.{i}.",)) for i in range(depth)]
+        first = 0 if trains(("wte.", "wpe.")) else next((i for i, t in enumerate(trained) if t), depth)  # gpt's names
+        cached = stage.activation_cache != "off" and first > 0
+        frozen_forward = first - cached_depth if cached and 0 < cached_depth <= first else first  # blocks run forward only
         above = sum(block if t else 2 * block / 3 for t in trained[first:])
-        head_trains = any(trains(n) for n in names if n.startswith(("ln_f.", "lm_head.")))
-        costs.append(prefix + above + (head if head_trains else 2 * head / 3))
-        cached_depth = first if cache else 0
+        costs.append(frozen_forward * block / 3 + above + (head if trains(("ln_f.", "lm_head.")) else 2 * head / 3))
+        cached_depth = first if cached else 0
     return costs
 
 

@@ -19,9 +19,9 @@ from lmforge.quant.bitnet import BitLinearSwapConfig, swap_to_bitnet, ternary_la
 from lmforge.quant.packing import pack_ternary, unpack_ternary
 from lmforge.quant.schedule import BitNetTwoStageConfig, bitnet_two_stage
 from lmforge.quant.ternary import grid_distance, quantize_activation, quantize_weight, ternarize
-from lmforge.training.callbacks import Callback
 from lmforge.training.metrics import read_metrics
 from lmforge.training.trainer import Trainer, train
+from helpers.stop import StopAt
 
 EPS = 1e-5
 
@@ -216,15 +216,6 @@ def _bitnet_preset(data, **train):
     return raw
 
 
-class _StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.step:
-            trainer.request_stop("test")
-
-
 def test_training_with_swap_learns_logs_and_resumes_exactly(tmp_path, small_text, capsys):
     raw = _bitnet_preset(small_text)
     ref = train(load_preset(raw), tmp_path / "ref")
@@ -233,7 +224,7 @@ def test_training_with_swap_learns_logs_and_resumes_exactly(tmp_path, small_text
     assert all("bitnet_reg" in r and r["bitnet_reg"] > 0 for r in rows)
     assert [r["lr_stage"] for r in rows] == [1] * 6 + [2] * 6  # describe(step - 1): split at step 6
     # stop after step 5 (saved there), then a second session resumes and must reproduce steps 6..12 bitwise
-    first = train(load_preset(raw), tmp_path / "split", [_StopAt(5)])
+    first = train(load_preset(raw), tmp_path / "split", [StopAt(5)])
     assert first.steps == 5
     second = train(load_preset(raw), tmp_path / "split")
     assert second.resumed_from == 5 and second.steps == 12

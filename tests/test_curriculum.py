@@ -11,11 +11,11 @@ import torch
 from conftest import REPO
 from lmforge.config import PresetError, StageConfig, load_preset, resolve_stage_ends
 from lmforge.inference import load_run
-from lmforge.training.callbacks import Callback
 from lmforge.training.checkpoint import CheckpointManager
 from lmforge.training.metrics import read_metrics
 from lmforge.training.stages import StagePlan
 from lmforge.training.trainer import Trainer, train
+from helpers.stop import StopAt
 
 CORPORA = {"dictionary": "dictionary.txt", "stories": "stories.txt", "encyclopedia": "wikitext-2/valid.txt"}
 
@@ -71,15 +71,6 @@ class RecordingTrainer(Trainer):
         if hasattr(self.model, "plasticity"):
             self.plasticity[self.step + 1] = float(self.model.plasticity)
         return super().train_step(model, iter([batch]))
-
-
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.step:
-            trainer.request_stop("test stop")
 
 
 def _pieces(ids: torch.Tensor) -> list[str]:

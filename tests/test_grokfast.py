@@ -13,11 +13,11 @@ from lmforge import create_training_pipeline
 from lmforge.config import PresetError, load_preset
 from lmforge.data.tasks import ModularTask
 from lmforge.registry import GRAD_FILTERS, SCHEDULES
-from lmforge.training.callbacks import Callback
 from lmforge.training.grad_filters import GrokfastEMA, GrokfastEMAConfig, GrokfastMA, GrokfastMAConfig, apply_grad_filters
 from lmforge.training.grokfast_phases import GrokfastPhasesConfig, grokfast_phases
 from lmforge.training.metrics import read_metrics
 from lmforge.training.trainer import Trainer
+from helpers.stop import StopAt
 
 G1, G2, G3 = [1.0, -2.0], [3.0, 0.0], [-1.0, 1.0]
 
@@ -171,15 +171,6 @@ def test_trainer_filters_after_unscale_before_clipping(tmp_path, small_text, mon
     assert events == ["unscale", "filter", "clip"] * 2
     for raw, clipped in zip(seen["raw"], seen["at_clip"]):  # step 1: mu = g, so clipping saw (1 + lamb) g
         assert torch.allclose(clipped, 3.0 * raw)
-
-
-class StopAt(Callback):
-    def __init__(self, step):
-        self.at = step
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.at:
-            trainer.request_stop("test stop")
 
 
 def _state_equal(a, b) -> bool:

@@ -16,9 +16,9 @@ from lmforge.quant.formats import (
     quantize_absmax_int8, quantize_nf4, round_e2m1,
 )
 from lmforge.quant.qlora import NF4LoRALinear, NF4LoRASwapConfig, adapter_layers, merge_adapters, swap_to_nf4_lora
-from lmforge.training.callbacks import Callback
 from lmforge.training.metrics import read_metrics
 from lmforge.training.trainer import Trainer, train
+from helpers.stop import StopAt
 
 
 def _weights(rows=96, cols=128, seed=0) -> torch.Tensor:
@@ -169,15 +169,6 @@ def test_nf4_lora_forward_matches_peft_and_merges(double_quant):
 # ---------------------------------------------------------------- through the trainer
 
 
-class _StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.step:
-            trainer.request_stop("test")
-
-
 def _losses(run_dir):
     return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
 
@@ -215,7 +206,7 @@ def test_nf4_lora_fine_tunes_only_adapters_from_a_full_precision_run_and_exports
     assert changed and all(".lora_" in k for k in changed)  # the NF4 base, embeddings and norms are untouched
     assert any(k.endswith("lora_B.weight") for k in changed)
     # a stop after step 4 (saved there) and a resume reproduce the uninterrupted losses bitwise
-    assert train(load_preset(raw), tmp_path / "split", [_StopAt(4)]).steps == 4
+    assert train(load_preset(raw), tmp_path / "split", [StopAt(4)]).steps == 4
     assert train(load_preset(raw), tmp_path / "split").resumed_from == 4
     assert _losses(tmp_path / "split") == _losses(tmp_path / "qlora")
     # the merged export is a plain GPT with the run's logits
@@ -229,3 +220,14 @@ def test_nf4_lora_fine_tunes_only_adapters_from_a_full_precision_run_and_exports
         assert torch.allclose(hf(ids).logits, run.model(ids).logits, atol=1e-4)
     plain = merge_adapters(load_run(tmp_path / "qlora").model)
     assert not adapter_layers(plain)
+
+
+def test_cli_sets_a_whole_section_by_its_name(tmp_path, small_text, capsys):
+    import json
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_preset(small_text, max_steps=2, eval_interval=2, save_interval=2)))
+    assert cli_main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--layer_swaps", '[{"name": "fp4", "format": "nvfp4"}]']) == 0
+    assert [s["name"] for s in json.loads((tmp_path / "run" / "preset.json").read_text())["layer_swaps"]] == ["fp4"]
+    assert cli_main(["train", str(path), "--layerswaps", "[]"]) == 2
+    assert "or a whole section: --auxiliary" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, tiny_preset
-from lmforge.config import PresetError, load_preset
+from lmforge.config import PresetError, load_preset, validate_preset
 from lmforge.data.packer import IGNORE_INDEX, Packer
 from lmforge.models import GPT, GPTConfig
 from lmforge.models.activation_cache import ActivationCache
@@ -16,6 +16,7 @@ from lmforge.training.callbacks import Callback
 from lmforge.training.growth import grow, midas_moves
 from lmforge.training.metrics import read_metrics
 from lmforge.training.trainer import Trainer, train
+from helpers.stop import StopAt
 
 
 def _raw(data, mode="layerwise", steps=40, **stackwise):
@@ -29,15 +30,6 @@ def _raw(data, mode="layerwise", steps=40, **stackwise):
 
 def _rows(run_dir):
     return [r for r in read_metrics(run_dir) if "loss" in r]
-
-
-class _StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.step:
-            trainer.request_stop("test")
 
 
 # ---------------------------------------------------------------- the plans a stackwise section writes
@@ -208,7 +200,7 @@ def test_cached_layerwise_run_equals_uncached_and_resumes_bitwise(tmp_path, smal
     for a, b in zip(rows, _rows(tmp_path / "off")):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
     # a stop inside a cached stage (step 22: stage layer2) and a resume with an empty cache: the same losses
-    assert train(load_preset(raw), tmp_path / "split", [_StopAt(22)]).steps == 22
+    assert train(load_preset(raw), tmp_path / "split", [StopAt(22)]).steps == 22
     assert train(load_preset(raw), tmp_path / "split").resumed_from == 22
     assert [r["loss"] for r in _rows(tmp_path / "split")] == [r["loss"] for r in rows]
     # every stage's trained parameters are backed up in fp32 under backups/<run id>/
@@ -253,3 +245,28 @@ def test_shipped_stackwise_presets_load():
         raw = json.loads((REPO / "configs" / f"{name}.json").read_text())
         preset = load_preset(raw)
         assert preset.stages or preset.layer_swaps, name
+        raw["model"]["vocab_size"] = 65
+        resolved = load_preset(raw).to_dict()  # as a run saves it: stackwise and its stages, with every default
+        assert validate_preset(resolved).to_dict() == resolved, name
+
+
+def test_stage_plans_count_the_flops_their_stages_cost(small_text):
+    from lmforge.config import resolve_stage_ends
+    from lmforge.run_shape import run_shape, stage_flops_per_token, training_flops_per_token
+
+    raw = _raw(small_text)
+    raw["model"]["vocab_size"] = 40
+    preset = load_preset(raw)
+    full = training_flops_per_token(preset.model_copy(update={"stages": None}), 32)
+    head = 6 * 32 * 40
+    block = (full - head) / 4
+    costs = stage_flops_per_token(preset, 32)
+    # layer0 trains block 0 and the head; layer1 runs block 0 forward once per sequence into the cache, layer2 and
+    # layer3 only the block they newly froze; the joint stage is the full model
+    assert costs == pytest.approx([block + head, block / 3 + block + head, block / 3 + block + head, block / 3 + block + head, full])
+    budget = 100 * 4 * 32 * full  # 100 end-to-end steps of 4 x 32 tokens
+    raw["train"].update(max_steps=None, train_flops=budget)
+    steps = run_shape(load_preset(raw), 1, 40).total_steps
+    ends = resolve_stage_ends(load_preset(raw).stages, steps)
+    spent = sum(c * (e - s) * 4 * 32 for c, s, e in zip(costs, [0, *ends[:-1]], ends))
+    assert steps > 150 and spent == pytest.approx(budget, rel=0.01)

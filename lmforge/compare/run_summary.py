@@ -60,19 +60,21 @@ def _median(values: list[float]) -> float | None:
 
 
 def model_size(preset_raw: dict[str, Any]) -> tuple[int | None, float | None]:
-    """Parameters and training FLOPs per token of a run's model, from its resolved preset (built on meta: free)."""
+    """Parameters and training FLOPs per token of a run's model, from its resolved preset (built on meta: free);
+    for a stage plan the average over its stages (shallow, frozen and cached stages cost less)."""
     import torch
 
     from lmforge.assembly import build_run_model
     from lmforge.config import validate_preset
     from lmforge.errors import PresetError
-    from lmforge.run_shape import sequence_length, training_flops_per_token
+    from lmforge.run_shape import run_flops_per_token, run_shape, sequence_length
 
     try:
         preset = validate_preset(preset_raw)
         with torch.device("meta"):
             model = build_run_model(preset, auxiliary=True)
-        return sum(p.numel() for p in model.parameters()), training_flops_per_token(preset, sequence_length(preset)) or None
+        steps = run_shape(preset, 1, 0).total_steps  # a stage plan's cost depends on where its stages end
+        return sum(p.numel() for p in model.parameters()), run_flops_per_token(preset, sequence_length(preset), steps) or None
     except (PresetError, ValueError, TypeError, RuntimeError):
         return None, None
 

@@ -109,9 +109,9 @@ def train_row(trainer: "Trainer", loss: float, lr: float, metrics: dict[str, "to
     schedule, at, _ = trainer.stages.schedule_at(trainer.step - 1)  # the step just taken
     row.update(schedule.describe(at))
     row.update(trainer.stages.describe(trainer.stage_index))
-    if trainer.flops_per_token and trainer.peak_flops:
+    if trainer.peak_flops:  # the stage's own cost: a shallow or cached stage does less per token
         per_device = tokens_per_sec / trainer.runtime.world_size
-        row["mfu"] = trainer.flops_per_token * per_device / trainer.peak_flops
+        row["mfu"] = trainer.stage_flops[trainer.stage_index] * per_device / trainer.peak_flops
     row.update(trainer.train_data.adaptive_metrics())
     row.update(trainer.train_data.skip_metrics())
     row.update(trainer.runtime.memory_stats())

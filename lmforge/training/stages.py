@@ -14,6 +14,10 @@ What is shared by all stages:
   `val_bpc/<stage>` report each (named after the first stage that trains on that data).
 A stage's model settings hold until a later stage changes them; they are applied on entering a stage
 (and on resuming into one), and tried on a copy of the model at setup so a bad value fails at once.
+
+StackWise's plans (lmforge/stackwise.py writes them) add what a stage does once, when a live run crosses into it
+(`enter_live`: grow the model, a fresh head, back up the stage that ended; never on a resume, whose checkpoint
+holds the result) and a cache of the frozen lower layers' outputs for stages that ask for one.
 """
 from __future__ import annotations
 

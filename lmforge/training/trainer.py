@@ -36,7 +36,7 @@ from lmforge.training.recovery import log_skip, roll_back
 from lmforge.training.resume_check import check_run_dir
 from lmforge.training.samples import write_samples
 from lmforge.training.setup import prepare_for_training, setup_labels, setup_model, setup_tokenizer
-from lmforge.run_shape import RunShape, resolved_preset, run_shape, training_flops_per_token
+from lmforge.run_shape import RunShape, resolved_preset, run_shape, stage_flops_per_token
 from lmforge.training.signals import graceful_stop
 from lmforge.training.step_guard import StepGuard, Verdict
 from lmforge.training.update import apply_update
@@ -102,8 +102,8 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
-        self.flops_per_token = training_flops_per_token(self.resolved, self.seq_length)  # the heads' cost included
-        self.peak_flops = peak_flops(rt, tc.peak_flops) if self.flops_per_token else None
+        self.stage_flops = stage_flops_per_token(self.resolved, self.seq_length)  # per token, per stage, the heads' cost included
+        self.peak_flops = peak_flops(rt, tc.peak_flops) if self.stage_flops[0] else None
 
     @property
     def seq_length(self) -> int:
