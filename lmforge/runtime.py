@@ -272,12 +272,88 @@ def measure_matmul_peak_flops(runtime: Runtime, size: int = 2048, repeats: int =
     return 2 * size**3 / best
 
 
-def peak_flops(runtime: Runtime, override: float | None = None) -> float:
-    """The peak MFU is measured against: the user's number, a data-sheet value, or a probe."""
+GemmShape = tuple[int, int, int]  # (M tokens, K in features, N out features) of one Linear's forward matmul
+
+
+def gemm_shapes(model: torch.nn.Module, tokens: int) -> list[GemmShape]:
+    """The distinct forward matmuls of the model's Linear layers on a micro-batch of `tokens` tokens."""
+    return sorted({(tokens, m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+
+
+def measure_gemm_peak_flops(runtime: Runtime, shapes: list[GemmShape], repeats: int = 10) -> float:
+    """The best FLOP/s any of the model's own matmuls reaches (best of `repeats` each, compute dtype)."""
+    import time
+
+    dtype = runtime.autocast_dtype or torch.float32
+    best_rate = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=runtime.device, dtype=dtype)
+        b = torch.randn(k, n, device=runtime.device, dtype=dtype)
+        a @ b  # warm-up: kernel selection
+        best = float("inf")
+        for _ in range(repeats):
+            runtime.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            runtime.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        best_rate = max(best_rate, 2 * m * k * n / max(best, 1e-9))
+    return best_rate
+
+
+def _machine() -> str:
+    """This CPU's model name (the key of its measured peaks)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "cpu")
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def peak_cache_path() -> str:
+    """Where measured peaks are kept: $LMFORGE_CACHE_DIR (default ~/.cache/lmforge) / peak_flops.json."""
+    return os.path.join(os.path.expanduser(os.environ.get("LMFORGE_CACHE_DIR", "~/.cache/lmforge")), "peak_flops.json")
+
+
+def cached_peak_flops(runtime: Runtime, shapes: list[GemmShape]) -> float:
+    """The measured peak for this machine, dtype, thread count and GEMM shapes: measured once and kept in
+    `peak_cache_path()` (so two runs of a config divide by the same number); LMFORGE_REMEASURE_PEAK=1 measures again."""
+    import json
+
+    dtype = str(runtime.autocast_dtype or torch.float32).replace("torch.", "")
+    device = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else f"cpu {_machine()}"
+    key = f"{device} | {dtype} | threads {torch.get_num_threads()} | {shapes}"
+    path = peak_cache_path()
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError):
+        table = {}
+    if key in table and os.environ.get("LMFORGE_REMEASURE_PEAK", "") in ("", "0"):
+        return float(table[key])
+    table[key] = measure_gemm_peak_flops(runtime, shapes)
+    try:  # best effort: a read-only home only costs a re-measurement next time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(table, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return float(table[key])
+
+
+def peak_flops(runtime: Runtime, override: float | None = None, shapes: list[GemmShape] | None = None) -> float:
+    """The peak MFU is measured against: the user's number, a data-sheet value for known GPUs, else the best rate
+    of the model's own GEMM `shapes` measured once per machine and dtype (cached), else a square-matmul probe."""
     if override:
         return override
     if runtime.device.type == "cuda":
         found = lookup_cuda_peak_flops(torch.cuda.get_device_name(runtime.device))
         if found:
             return found
+    if shapes:
+        return cached_peak_flops(runtime, shapes)
     return measure_matmul_peak_flops(runtime)

@@ -6,6 +6,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,12 @@ def test_wandb_offline_sink_logs_every_row_and_a_resume_continues_the_same_run(t
     run_id = (run_dir / "wandb_id").read_text().strip()
     runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1
-    log = next(runs[0].glob("*.wandb")).read_bytes()
+    log_file = next(runs[0].glob("*.wandb"))
+    for _ in range(100):  # W&B's service process writes the file: under load it can trail finish() by a moment
+        if b"tokens_per_sec" in log_file.read_bytes():
+            break
+        time.sleep(0.1)
+    log = log_file.read_bytes()
     assert b"val_loss" in log and b"tokens_per_sec" in log
     lmforge.train(tiny_preset(small_text, max_steps=6, wandb={"project": "lmforge-test", "mode": "offline"}), run_dir=run_dir)
     assert (run_dir / "wandb_id").read_text().strip() == run_id

@@ -139,6 +139,7 @@ COMPOSED = {
     "agiformer_bitnet": {"model": {"arch": "agiformer", "n_embd": 32, "n_layer": 1, "n_head": 2, "block_size": 32,
                                    "attn_window": 4, "memory_chunk": 4},
                          "layer_swaps": [{"name": "bitlinear"}]},
+    "gpt_nf4_lora": {"layer_swaps": [{"name": "nf4_lora", "rank": 4}]},  # uint8 NF4 buffers beside sharded adapters
     "ma_bf16_selective_stage": {"grad_filters": [{"name": "grokfast_ma", "window": 3, "lamb": 1.0}],
                                 "stages": [{"name": "all", "until_step": 2, "model_settings": {"causal": True}},
                                            {"name": "top", "trainable": ["blocks.1.*", "ln_f.*"]}],
@@ -162,6 +163,11 @@ def test_fsdp_trains_every_arch_and_composes_with_swaps_filters_stages_and_resum
     assert "resumed from lm_current at step 3" in proc.stderr
     rows = [r for r in read_metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] == r["loss"] for r in rows)
+    if case == "gpt_nf4_lora":  # only the adapters moved; the NF4 base came back from the slot unchanged
+        slot = next(p.name for step, p in CheckpointManager(run / "checkpoints").candidates() if step == 2)
+        before, after = load_run(run, slot).model.state_dict(), load_run(run).model.state_dict()
+        moved = [k for k in before if not torch.equal(before[k], after[k])]
+        assert moved and all(".lora_" in k for k in moved)
     if case == "ma_bf16_selective_stage":  # stage "top" (steps 3-4) trains blocks.1 and ln_f only
         slot = next(p.name for step, p in CheckpointManager(run / "checkpoints").candidates() if step == 2)
         before, after = load_run(run, slot), load_run(run)

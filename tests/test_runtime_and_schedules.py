@@ -33,6 +33,28 @@ def test_runtime_autocast_and_scaler():
     assert runtime.measure_matmul_peak_flops(fp32, size=128, repeats=1) > 0
 
 
+def test_the_mfu_peak_is_measured_once_per_machine_dtype_and_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = runtime.measure_gemm_peak_flops
+    monkeypatch.setattr(runtime, "measure_gemm_peak_flops", lambda rt, shapes: calls.append((rt.autocast_dtype, shapes)) or real(rt, shapes, repeats=2))
+    from lmforge.models import GPT, GPTConfig
+
+    shapes = runtime.gemm_shapes(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=40)), 64)
+    assert shapes == sorted(set(shapes)) and (64, 32, 96) in shapes and all(m == 64 for m, _, _ in shapes)  # c_attn among them
+    fp32, bf16 = runtime.setup_runtime("cpu", "fp32"), runtime.setup_runtime("cpu", "bf16")
+    first = runtime.peak_flops(fp32, None, shapes)
+    assert first > 0 and runtime.peak_flops(fp32, None, shapes) == first and len(calls) == 1  # the cached number
+    runtime.peak_flops(bf16, None, shapes)
+    runtime.peak_flops(fp32, None, shapes[:1])
+    assert len(calls) == 3  # another dtype, other shapes: measured once each
+    assert (tmp_path / "peak_flops.json").exists()
+    monkeypatch.setenv("LMFORGE_REMEASURE_PEAK", "1")
+    runtime.peak_flops(fp32, None, shapes)
+    assert len(calls) == 4
+    assert runtime.peak_flops(fp32, 5.0, shapes) == 5.0 and len(calls) == 4  # train.peak_flops wins
+
+
 def test_warmup_cosine_is_nanogpts_get_lr():
     lr, min_lr, warmup, decay = 1e-3, 1e-4, 100, 2000
 

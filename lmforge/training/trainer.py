@@ -24,7 +24,7 @@ from lmforge.objectives import StepContext
 from lmforge.objectives.auxiliary import with_auxiliary
 from lmforge.protocols import Objective
 from lmforge.registry import GRAD_FILTERS, OBJECTIVES
-from lmforge.runtime import Runtime, peak_flops, setup_runtime
+from lmforge.runtime import Runtime, gemm_shapes, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
 from lmforge.training.checkpoint import BEST, Checkpoint, CheckpointManager, CheckpointWriteError, is_sharded
@@ -103,7 +103,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
         self.stage_flops = stage_flops_per_token(self.resolved, self.seq_length)  # per token, per stage, the heads' cost included
-        self.peak_flops = peak_flops(rt, tc.peak_flops) if self.stage_flops[0] else None
+        self.peak_flops = peak_flops(rt, tc.peak_flops, gemm_shapes(self.model, tc.batch_size * self.seq_length)) if self.stage_flops[0] else None
 
     @property
     def seq_length(self) -> int:
