@@ -57,8 +57,9 @@ def run_shape(preset: Preset, world_size: int, tokenizer_vocab: int) -> RunShape
             raise PresetError(f"train.train_flops: model arch {model.arch!r} does not count its FLOPs; set train.max_steps or train.train_tokens")
         total = max(1, math.ceil(tc.train_flops / (per_token * per_step)))
         if preset.stages:  # a stage plan's shallow stages cost less: find the steps its FLOPs fill (stage ends move with them)
+            costs = stage_flops_per_token(sized, seq)
             for _ in range(8):
-                total = max(len(preset.stages), math.ceil(tc.train_flops / (run_flops_per_token(sized, seq, total) * per_step)))
+                total = max(len(preset.stages), math.ceil(tc.train_flops / (run_flops_per_token(sized, seq, total, costs) * per_step)))
     return RunShape(seq, vocab, tc.batch_size, tc.grad_accum_steps, world_size, total)
 
 
@@ -136,11 +137,12 @@ def stage_flops_per_token(resolved: Preset, seq_length: int) -> list[float]:
     return costs
 
 
-def run_flops_per_token(resolved: Preset, seq_length: int, total_steps: int) -> float:
-    """The run's training FLOPs per token averaged over its stages (weighted by their steps)."""
+def run_flops_per_token(resolved: Preset, seq_length: int, total_steps: int, costs: list[float] | None = None) -> float:
+    """The run's training FLOPs per token averaged over its stages (weighted by their steps); `costs`: the stages'
+    `stage_flops_per_token`, when already computed."""
     from lmforge.config import resolve_stage_ends
 
-    costs = stage_flops_per_token(resolved, seq_length)
+    costs = costs or stage_flops_per_token(resolved, seq_length)
     if not resolved.stages:
         return costs[0]
     ends = resolve_stage_ends(resolved.stages, total_steps)

@@ -255,21 +255,8 @@ def lookup_cuda_peak_flops(name: str) -> float | None:
 
 
 def measure_matmul_peak_flops(runtime: Runtime, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-N square matmul throughput in the runtime's compute dtype: the MFU denominator on CPUs."""
-    import time
-
-    dtype = runtime.autocast_dtype or torch.float32
-    a = torch.randn(size, size, device=runtime.device, dtype=dtype)
-    b = torch.randn(size, size, device=runtime.device, dtype=dtype)
-    a @ b  # warm-up: kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        runtime.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        runtime.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best
+    """Best-of-N square matmul throughput in the runtime's compute dtype: the MFU denominator on CPUs without shapes."""
+    return measure_gemm_peak_flops(runtime, [(size, size, size)], repeats)
 
 
 GemmShape = tuple[int, int, int]  # (M tokens, K in features, N out features) of one Linear's forward matmul

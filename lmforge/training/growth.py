@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, get_args
 
 import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
+from lmforge.config import GrowthConfig
 from lmforge.protocols import LayerwiseModel, Optimizer
 from lmforge.training.optim import OptimizerChain
 
-GROWTH_METHODS = ("random", "copy", "zero", "midas")
+GROWTH_METHODS = get_args(GrowthConfig.model_fields["method"].annotation)  # one home: the preset schema
 
 
 def _state_tables(optimizer: Optimizer, p: torch.Tensor) -> Iterator[dict]:
