@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -25,7 +26,7 @@ from lmforge.config import load_preset
 from lmforge.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+DATA = Path(os.environ.get("LMFORGE_TEXT", REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))  # LMFORGE_TEXT: a copy elsewhere
 CHECKFREQ_BOUND = 0.035
 
 

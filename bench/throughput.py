@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -30,7 +31,7 @@ from lmforge.runtime import measure_matmul_peak_flops, setup_runtime
 from lmforge.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+DATA = Path(os.environ.get("LMFORGE_TEXT", REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))  # LMFORGE_TEXT: a copy elsewhere
 
 # (n_layer, n_head, n_embd, block_size, batch_size); "tiny" is nanoGPT's CPU shakespeare_char model.
 SIZES = {

@@ -268,14 +268,18 @@ def gemm_shapes(model: torch.nn.Module, tokens: int) -> list[GemmShape]:
 
 
 def measure_gemm_peak_flops(runtime: Runtime, shapes: list[GemmShape], repeats: int = 10) -> float:
-    """The best FLOP/s any of the model's own matmuls reaches (best of `repeats` each, compute dtype)."""
+    """The best FLOP/s any of the model's own matmuls reaches (best of `repeats` each, compute dtype).
+
+    The operands come from a generator of their own: the run's random stream (dropout, data order) must not depend
+    on whether the peak was measured now or read from the cache."""
     import time
 
     dtype = runtime.autocast_dtype or torch.float32
+    generator = torch.Generator(device=runtime.device).manual_seed(0)
     best_rate = 0.0
     for m, k, n in shapes:
-        a = torch.randn(m, k, device=runtime.device, dtype=dtype)
-        b = torch.randn(k, n, device=runtime.device, dtype=dtype)
+        a = torch.randn(m, k, device=runtime.device, dtype=dtype, generator=generator)
+        b = torch.randn(k, n, device=runtime.device, dtype=dtype, generator=generator)
         a @ b  # warm-up: kernel selection
         best = float("inf")
         for _ in range(repeats):

@@ -76,6 +76,7 @@ def test_a_nan_on_one_rank_is_skipped_by_both_and_a_rollback_keeps_them_in_step(
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(run)
     assert [r["step"] for r in rows if "skipped_step" in r] == [4]  # steps 7-8 were rolled back past: their rows went
+    assert [r["data_position"] for r in rows if "skipped_step" in r] == [{"batches_consumed": 4, "ranks": 2}]  # lockstep
     rollback = [r for r in rows if "rollback_from_step" in r]
     assert len(rollback) == 1 and rollback[0]["step"] == 6 and rollback[0]["rollback_from_step"] == 8
     ckpt = CheckpointManager(run / "checkpoints").load_latest()
@@ -86,7 +87,8 @@ def test_a_nan_on_one_rank_is_skipped_by_both_and_a_rollback_keeps_them_in_step(
 
 def test_a_rank_that_dies_ends_the_run_quickly_with_one_line_and_a_restart_resumes(tmp_path, small_text):
     """Rank 1 is SIGKILLed at its 7th step: rank 0's next collective fails, it says so in one line (no traceback of
-    its own) and torchrun ends the run within seconds, not at a collective timeout; a restart resumes."""
+    its own) and torchrun ends the run within seconds, not at a collective timeout; a restart resumes exactly: the
+    same per-step losses, bitwise, as a run that was never interrupted."""
     preset = tiny_preset(small_text, max_steps=12, save_interval=3, eval_interval=100)
     path = tmp_path / "p.json"
     path.write_text(json.dumps(preset))
@@ -105,4 +107,9 @@ def test_a_rank_that_dies_ends_the_run_quickly_with_one_line_and_a_restart_resum
     assert CheckpointManager(run / "checkpoints").load_latest().meta["step"] == 6
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert proc.returncode == 0 and "resumed from lm_current at step 6" in proc.stderr, proc.stderr[-3000:]
-    assert [r["step"] for r in read_metrics(run) if "tokens_per_sec" in r] == list(range(1, 13))
+    resumed = {r["step"]: r["loss"] for r in read_metrics(run) if "tokens_per_sec" in r}
+    assert list(resumed) == list(range(1, 13))
+    whole = tmp_path / "uninterrupted"
+    proc = subprocess.run(cmd[:-1] + [str(whole)], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert resumed == {r["step"]: r["loss"] for r in read_metrics(whole) if "tokens_per_sec" in r}

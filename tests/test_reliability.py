@@ -163,3 +163,100 @@ def test_async_save_writes_the_same_slots_and_a_kill_during_its_write_keeps_the_
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and "resumed from lm_current at step 3" in proc.stderr, proc.stderr[-2000:]
     assert {r["step"]: r["loss"] for r in read_metrics(run) if "tokens_per_sec" in r} == losses["sync"]
+
+
+def _failing_fsync(monkeypatch, error: BaseException, after: int) -> None:
+    """Every fsync of a checkpoint file after the first `after` raises `error` (the slot write in progress fails)."""
+    import lmforge.training.checkpoint as checkpoint
+
+    real, calls = checkpoint._fsync_path, {"n": 0}
+
+    def fsync(path):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise error
+        real(path)
+
+    monkeypatch.setattr(checkpoint, "_fsync_path", fsync)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_disk_that_turns_read_only_mid_run_exits_74_with_one_line(small_text, tmp_path, monkeypatch, capsys, async_save):
+    """EROFS from the second save on (sync, and from async_save's background thread): exit 74, one line naming the
+    slot, "Read-only file system" and the free space, no traceback; the first slot stays whole and resumes."""
+    import errno
+
+    from lmforge.cli import main as cli_main
+
+    raw = tiny_preset(small_text, max_steps=12, save_interval=4, eval_interval=100, legacy_weights_file=None, async_save=async_save)
+    preset, run_dir = tmp_path / "preset.json", tmp_path / "run"
+    preset.write_text(json.dumps(raw))
+    _failing_fsync(monkeypatch, OSError(errno.EROFS, os.strerror(errno.EROFS), str(run_dir / "checkpoints")), after=5)  # 5 per slot
+    assert cli_main(["train", str(preset), "--run-dir", str(run_dir)]) == 74
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
+    assert len(lines) == 1 and "lm_next" in lines[0] and "Read-only file system" in lines[0] and "MiB free there" in lines[0]
+    assert "make room or fix the permissions" in lines[0]
+    assert CheckpointManager(run_dir / "checkpoints").load_latest().meta["step"] == 4
+    monkeypatch.undo()
+    assert cli_main(["train", str(preset), "--run-dir", str(run_dir)]) == 0
+    assert "resumed from lm_current at step 4" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_in_the_background_write_is_raised_in_the_loop(small_text, tmp_path, monkeypatch):
+    """A background write that fails for a reason other than the disk is not lost in its thread: the next save (or
+    the end of the run) raises it, and the slot written before it is whole."""
+    raw = tiny_preset(small_text, max_steps=12, save_interval=4, eval_interval=100, legacy_weights_file=None, async_save=True)
+    _failing_fsync(monkeypatch, ValueError("not a disk problem"), after=5)
+    with pytest.raises(ValueError, match="not a disk problem"):
+        train(load_preset(raw), tmp_path)
+    assert CheckpointManager(tmp_path / "checkpoints").load_latest().meta["step"] == 4
+
+
+def test_the_spike_window_keeps_non_finite_values_out_and_needs_its_history():
+    from lmforge.training.step_guard import SpikeWindow
+
+    window = SpikeWindow(window=4, sigma=3.0, min_history=3)
+    for value in (1.0, float("nan"), 1.2, float("inf"), 0.8):
+        window.push(value)
+    assert list(window.values) == [1.0, 1.2, 0.8]  # NaN and inf never enter the statistics
+    assert window.z_score(1.0) == pytest.approx(0.0)
+    assert window.z_score(2.0) == pytest.approx(5.0)  # mean 1.0, sample std 0.2
+    window.push(1.4)
+    window.push(1.6)
+    assert list(window.values) == [1.2, 0.8, 1.4, 1.6]  # rolling: the oldest drops out
+    assert SpikeWindow(window=4, sigma=3.0, min_history=3).z_score(100.0) is None  # too little history: never a spike
+
+
+def _guard(**spikes):
+    from lmforge.config import SkipSpikesConfig
+    from lmforge.runtime import Runtime
+    from lmforge.training.step_guard import StepGuard
+
+    return StepGuard(True, SkipSpikesConfig(**spikes), Runtime(device=torch.device("cpu"), precision="fp32"))
+
+
+def test_a_grad_norm_spike_is_skipped_and_a_fall_never_is():
+    guard = _guard(window=16, sigma=6.0, min_history=8)
+    for i in range(12):
+        assert guard.check(torch.tensor(2.0 + 0.01 * (i % 3)), torch.tensor(1.0 + 0.02 * (i % 4)), False).apply
+    verdict = guard.check(torch.tensor(2.01), torch.tensor(50.0), False)  # the loss is normal, the gradient is not
+    assert not verdict.apply and verdict.skip_reason.startswith("grad_norm spike: 50") and guard.skipped_steps == 1
+    assert guard.check(torch.tensor(0.1), torch.tensor(0.01), False).apply  # a sudden drop is never harmful
+    verdict = guard.check(torch.tensor(float("nan")), torch.tensor(1.0), False)
+    assert verdict.skip_reason == "loss is nan" and guard.consecutive_bad == 1 and guard.skipped_steps == 2
+
+
+def test_the_spike_window_is_restored_on_resume_so_the_verdicts_continue_exactly():
+    """A guard rebuilt from its checkpointed state gives the very verdicts the running one gives."""
+    losses = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 2.1, 1.9, 9.0, 2.0, 2.02, 14.0]
+    running = _guard(window=8, sigma=4.0, min_history=4)
+    assert all(running.check(torch.tensor(v), torch.tensor(1.0 + v / 100), False).apply for v in losses[:6])
+    resumed = _guard(window=8, sigma=4.0, min_history=4)
+    resumed.load_state_dict(json.loads(json.dumps(running.state_dict())))  # through the checkpoint's JSON-able form
+    rest = [tuple(g.check(torch.tensor(v), torch.tensor(1.0 + v / 100), False).apply for g in (running, resumed)) for v in losses[6:]]
+    assert all(a == b for a, b in rest) and [a for a, _ in rest] == [True, True, False, True, True, False]
+    assert resumed.state_dict() == running.state_dict()
+    fresh = _guard(window=8, sigma=4.0, min_history=4)  # without the restored window the 9.0 spike would be missed
+    assert [fresh.check(torch.tensor(v), torch.tensor(1.0), False).apply for v in losses[6:9]] == [True, True, True]

@@ -55,6 +55,16 @@ def test_the_mfu_peak_is_measured_once_per_machine_dtype_and_shapes(tmp_path, mo
     assert runtime.peak_flops(fp32, 5.0, shapes) == 5.0 and len(calls) == 4  # train.peak_flops wins
 
 
+def test_measuring_the_peak_leaves_the_runs_random_stream_alone():
+    """A run that measures the MFU peak (first run on a machine) and one that reads it from the cache must see the
+    same dropout masks and data order: the measurement draws from a generator of its own."""
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    runtime.measure_gemm_peak_flops(runtime.setup_runtime("cpu", "fp32"), [(16, 16, 16)], repeats=1)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_warmup_cosine_is_nanogpts_get_lr():
     lr, min_lr, warmup, decay = 1e-3, 1e-4, 100, 2000
 

@@ -38,7 +38,7 @@ class CheckpointWriter:
         self.runtime = runtime
         self.background = bool(train_cfg.async_save)
         self._thread: threading.Thread | None = None
-        self._error: CheckpointWriteError | None = None
+        self._error: BaseException | None = None  # whatever ended the background write, raised at the next wait()
 
     def save_run(self, slot: str, model: torch.nn.Module, optimizer: Any, grad_filters: list, state: dict[str, Any],
                  meta: dict[str, Any]) -> None:
@@ -72,7 +72,8 @@ class CheckpointWriter:
         self._thread.start()
 
     def wait(self) -> None:
-        """Block until the write in flight (if any) is on disk; raise its CheckpointWriteError, once."""
+        """Block until the write in flight (if any) is on disk; raise what made it fail (CheckpointWriteError for a
+        full or read-only disk, any other error as itself), once, in the training thread."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -83,7 +84,7 @@ class CheckpointWriter:
     def _write_catching(self, slot: str, weights: dict, state: dict, meta: dict) -> None:
         try:
             self._write(slot, weights, state, meta)
-        except CheckpointWriteError as err:
+        except Exception as err:  # noqa: BLE001 - a thread's exception is otherwise only printed; the loop must see it
             self._error = err
 
     def _write(self, slot: str, weights: dict, state: dict, meta: dict) -> None:

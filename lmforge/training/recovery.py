@@ -16,8 +16,13 @@ if TYPE_CHECKING:
 
 
 def log_skip(trainer: "Trainer", verdict: Verdict) -> None:
-    """A skipped step: its own metrics row and one line on stderr, with the data position that caused it."""
+    """A skipped step: its own metrics row and one line on stderr, with the data position that caused it.
+
+    Under torchrun the verdict comes from the all-reduced loss and grad norm, so any rank's batch may hold the bad
+    value; the ranks draw in lockstep, so one batch index names the batch of every rank."""
     position = trainer.train_data.position()
+    if trainer.runtime.distributed:
+        position = {"batches_consumed": position["batches_consumed"], "ranks": trainer.runtime.world_size}
     trainer.metrics.log({
         "step": trainer.step, "tokens": trainer.tokens, "skipped_step": verdict.skip_reason, "loss": verdict.loss,
         "grad_norm": verdict.grad_norm, "skipped_steps": trainer.guard.skipped_steps, "data_position": position,

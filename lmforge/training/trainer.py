@@ -322,7 +322,7 @@ class Trainer:
                 window_tokens += self.shape.tokens_per_step
                 last = self.step == self.total_steps or self._out_of_time()
                 if self.step % tc.log_interval == 0 or last:
-                    loss_value = rt.all_reduce_mean(loss.item())  # the only host sync in the loop
+                    loss_value = rt.all_reduce_mean(loss.item())  # the loop's host sync (with the step guard's, when it is on)
                     rt.synchronize()
                     window_time += time.perf_counter() - t0
                     last_loss = loss_value
