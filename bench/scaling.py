@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "shakespeare_char_10m.json"
 BYTES_PER_PARAM = 16
 RUNS = [  # (processes, train.parallel, train.activation_checkpointing)
-    (1, "ddp", "none"), (1, "ddp", "blocks"), (2, "ddp", "none"), (2, "fsdp", "none"), (2, "fsdp", "blocks"), (2, "fsdp", "selective"),
+    (1, "ddp", "none"), (1, "ddp", "blocks"), (1, "ddp", "selective"), (2, "ddp", "none"), (2, "ddp", "blocks"),
+    (2, "fsdp", "none"), (2, "fsdp", "blocks"), (2, "fsdp", "selective"),
 ]
 
 

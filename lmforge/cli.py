@@ -121,11 +121,12 @@ def cmd_generate(ns: argparse.Namespace, extra: list[str]) -> int:
     run = _load_run(ns.run_dir, ns.slot)
     tok = run.tokenizer
     ids = tok.encode(ns.prompt) or [tok.eos_id or 0]
-    if isinstance(run.preset.objective, MaskDiffusionConfig):
+    if isinstance(run.objective, MaskDiffusionConfig):
         return _generate_diffusion(ns, run, ids)
-    if not OBJECTIVES.get(run.preset.objective.name).left_to_right:
-        raise CommandError(f"run {ns.run_dir} was trained with objective {run.preset.objective.name!r}, a bidirectional "
-                           "model that is not sampled token by token (a mask_diffusion run is sampled by diffusion)")
+    if not OBJECTIVES.get(run.objective.name).left_to_right or not run.causal:
+        why = f"objective {run.objective.name!r}" if not OBJECTIVES.get(run.objective.name).left_to_right else "model.causal false"
+        raise CommandError(f"run {ns.run_dir} ({run.slot}) is a bidirectional model ({why}), not sampled token by token: every "
+                           "position reads the ones after it (a mask_diffusion run is sampled by diffusion)")
     sampling = _sampling(ns)
     stops = _stops(ns)
     sys.stdout.write(ns.prompt)

@@ -409,7 +409,7 @@ def validate_preset(raw: dict[str, Any]) -> Preset:
     elif isinstance(raw.get("stages"), list) and raw["stages"]:
         problems = [p + "; stages without their own data.sources train on it" if p.startswith("data.sources: required") else p for p in problems]
     if preset is not None and preset.stages is not None and model is not None:
-        _validate_stages(preset, model.arch, problems)
+        _validate_stages(preset, model, problems)
     if preset is not None and preset.auxiliary.enable_span_contrastive and preset.train.batch_size < 2:
         problems.append("auxiliary.enable_span_contrastive: InfoNCE scores each row's span against the other rows' spans; "
                         f"train.batch_size must be >= 2 (got {preset.train.batch_size})")
@@ -477,9 +477,10 @@ def _fill_stage_sources(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**raw, "data": {**data, "sources": union}}, True
 
 
-def _validate_stages(preset: Preset, arch: str, problems: list[str]) -> None:
-    """A stage plan's rules across stages: unique names, increasing ends covering the run, known model settings,
-    and each stage's data valid once merged into the data section."""
+def _validate_stages(preset: Preset, model: Any, problems: list[str]) -> None:
+    """A stage plan's rules across stages: unique names, increasing ends covering the run, known model settings (and
+    the model config valid with them in force), and each stage's data valid once merged into the data section."""
+    arch = model.arch
     stages, before = preset.stages or [], len(problems)
     names = [s.name for s in stages]
     for n in sorted({n for n in names if names.count(n) > 1}):
@@ -502,6 +503,12 @@ def _validate_stages(preset: Preset, arch: str, problems: list[str]) -> None:
             if key not in supported:
                 problems.append(f"stages.{i}.model_settings.{key}: model arch {arch!r} has no setting {key!r}; "
                                 f"supported: {', '.join(supported) or '(none: it has no set_<name> methods)'}")
+        in_force = {k: v for st in stages[: i + 1] for k, v in st.model_settings.items() if k in type(model).model_fields}
+        if in_force and stage.model_settings:  # the model config as this stage leaves it must be valid too
+            try:
+                type(model).model_validate({**model.model_dump(), **in_force})
+            except ValidationError as err:
+                problems.extend(f"stages.{i}.model_settings: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
         if stage.objective is not None:
             stage.objective = _validate_component(OBJECTIVES, "name", stage.objective, ("stages", i, "objective"), problems)
         if stage.lr_schedule is not None:

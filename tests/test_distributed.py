@@ -31,6 +31,8 @@ def test_two_processes_equal_one_process(tmp_path, small_text):
     double = _torchrun(2, str(HELPER), str(path), str(tmp_path / "r2"), str(tmp_path / "two.pt"), "3", "4")
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert len(one["grad_norms"]) == 3 and all(n > 0 for n in one["grad_norms"])
+    torch.testing.assert_close(two["grad_norms"], one["grad_norms"], rtol=1e-5, atol=0)  # the global norm, across ranks
     for key in one["init"]:
         torch.testing.assert_close(two["init"][key], one["init"][key], rtol=0, atol=0)
     moved = [k for k in one["final"] if not torch.equal(one["final"][k], one["init"][k])]

@@ -64,6 +64,8 @@ def test_fsdp_on_two_processes_trains_like_one_process(tmp_path, small_text):
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert set(two["final"]) == set(one["final"])
+    assert len(one["grad_norms"]) == 3 and all(n > 0 for n in one["grad_norms"])
+    torch.testing.assert_close(two["grad_norms"], one["grad_norms"], rtol=1e-5, atol=0)  # the global norm, across ranks
     for key in one["init"]:
         torch.testing.assert_close(two["init"][key], one["init"][key], rtol=0, atol=0)
     assert sum(not torch.equal(one["final"][k], one["init"][k]) for k in one["final"]) > len(one["final"]) // 2
@@ -135,10 +137,14 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_and_back_on_two(tmp_path, sma
 
 
 COMPOSED = {
-    "vgt": {"model": {"arch": "vgt", "n_layer": 2, "n_embd": 32, "block_size": 32}},
-    "agiformer_bitnet": {"model": {"arch": "agiformer", "n_embd": 32, "n_layer": 1, "n_head": 2, "block_size": 32,
-                                   "attn_window": 4, "memory_chunk": 4},
-                         "layer_swaps": [{"name": "bitlinear"}]},
+    "vgt_blocks": {"model": {"arch": "vgt", "n_layer": 2, "n_embd": 32, "block_size": 32},
+                   "train": {"activation_checkpointing": "blocks"}},
+    "agiformer_bitnet_blocks": {"model": {"arch": "agiformer", "n_embd": 32, "n_layer": 1, "n_head": 2, "block_size": 32,
+                                          "attn_window": 4, "memory_chunk": 4},
+                                "layer_swaps": [{"name": "bitlinear"}], "train": {"activation_checkpointing": "blocks"}},
+    # FP8 and NVFP4 QAT (weights and activations fake-quantized), CPU offload of the shards, read back by the CLI
+    "gpt_fp8_fp4_offload_cli": {"layer_swaps": [{"name": "fp8", "include": ["blocks.0.*"]}, {"name": "fp4", "format": "nvfp4", "include": ["blocks.1.*"]}],
+                                "train": {"fsdp_cpu_offload": True}},
     "gpt_nf4_lora": {"layer_swaps": [{"name": "nf4_lora", "rank": 4}]},  # uint8 NF4 buffers beside sharded adapters
     "ma_bf16_selective_stage": {"grad_filters": [{"name": "grokfast_ma", "window": 3, "lamb": 1.0}],
                                 "stages": [{"name": "all", "until_step": 2, "model_settings": {"causal": True}},
@@ -168,6 +174,16 @@ def test_fsdp_trains_every_arch_and_composes_with_swaps_filters_stages_and_resum
         before, after = load_run(run, slot).model.state_dict(), load_run(run).model.state_dict()
         moved = [k for k in before if not torch.equal(before[k], after[k])]
         assert moved and all(".lora_" in k for k in moved)
+    if case == "gpt_fp8_fp4_offload_cli":  # the best slot is sharded too, and the commands users run read the shards
+        best = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
+        assert best["format"] == "dcp" and best["step"] in (2, 4)
+        from lmforge.cli import main as cli_main
+
+        assert cli_main(["eval", "--run-dir", str(run), "--slot", "best", "--batches", "2"]) == 0
+        assert json.loads((run / "eval_best.json").read_text())["val_loss"] > 0
+        assert cli_main(["generate", "--run-dir", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "4"]) == 0
+        assert cli_main(["export", "--run-dir", str(run), "--format", "safetensors", "--out", str(tmp_path / "st")]) == 0
+        assert any((tmp_path / "st").glob("*.safetensors"))
     if case == "ma_bf16_selective_stage":  # stage "top" (steps 3-4) trains blocks.1 and ln_f only
         slot = next(p.name for step, p in CheckpointManager(run / "checkpoints").candidates() if step == 2)
         before, after = load_run(run, slot), load_run(run)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -153,6 +154,19 @@ def test_the_stackwise_presets_train(tmp_path, preset):
     assert "val_nelbo" in evals[0]  # step 4: the diffusion objective scores itself
     if preset == "stackwise_seed004_cpu":
         assert "val_nelbo" not in evals[-1] and any((tmp_path / "samples").glob("step_*"))  # step 8: causal CE, samples
+    # the commands users run next, on the finished run: the model as its last stage left it
+    from lmforge.cli import main as cli_main
+    from lmforge.inference import load_run
+
+    run = load_run(tmp_path)
+    assert run.causal == (preset == "stackwise_seed004_cpu") and run.objective.name == ("clm" if run.causal else "mask_diffusion")
+    assert cli_main(["generate", "--run-dir", str(tmp_path), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--steps", "4"]) == 0
+    assert cli_main(["eval", "--run-dir", str(tmp_path), "--batches", "2"]) == 0
+    scored = json.loads((tmp_path / f"eval_{run.slot}.json").read_text())
+    assert ("val_nelbo" in scored) == (preset == "stackwise_mdlm_cpu") and math.isfinite(scored["val_loss"])
+    if preset == "stackwise_seed004_cpu":  # the best slot is step 4's, written in the diffusion stage (steps 1-6)
+        early = load_run(tmp_path, "best")
+        assert early.step == 4 and not early.causal and early.objective.name == "mask_diffusion"
 
 
 def test_clm_masked_inputs_hides_inputs_but_not_targets():

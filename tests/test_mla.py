@@ -66,12 +66,24 @@ def test_deepseek_v3_export_gives_lmforge_logits_and_imports_back(tmp_path, q_lo
         torch.testing.assert_close(back(x).logits, ours, rtol=0, atol=1e-5)
 
 
-def test_attention_mla_trains_a_shipped_gpt_preset(tmp_path):
+def test_attention_mla_trains_a_shipped_gpt_preset_and_exports_it_as_deepseek_v3(tmp_path):
+    """The issue's flow: an MLA run of shakespeare_char_cpu_best, `lmforge export --format hf`, and transformers'
+    DeepseekV3ForCausalLM on that folder gives the trained run's logits within 1e-4 (fp32)."""
+    from lmforge.cli import main as cli_main
+    from lmforge.inference import load_run
+
     result = train(load_preset("shakespeare_char_cpu_best", {
         "model.attention": "mla", "train.max_steps": 3, "train.eval_interval": 3, "train.eval_batches": 1,
         "train.progress_bar": False, "train.legacy_weights_file": None,
-    }), tmp_path)
+    }), tmp_path / "run")
     assert result.steps == 3 and result.final_loss == result.final_loss
+    assert cli_main(["export", "--run-dir", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "DeepseekV3ForCausalLM" and hf.config.first_k_dense_replace == hf.config.num_hidden_layers == 4
+    ours = load_run(tmp_path / "run").model
+    x = torch.randint(0, ours.config.vocab_size, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x).logits, rtol=0, atol=1e-4)
 
 
 def test_mla_options_are_checked():

@@ -110,6 +110,15 @@ def test_with_the_guard_off_a_nan_still_stops_the_run_and_no_slot_takes_the_nan_
     _all_slots_finite(tmp_path)
 
 
+def test_a_save_refuses_non_finite_gradient_filter_state(tmp_path):
+    """A Grokfast EMA holding NaN would poison every later gradient: such a state is never written."""
+    manager = CheckpointManager(tmp_path)
+    state = {"step": 5, "optimizer": {}, "grad_filters": [{"ema": {"w": torch.tensor([0.0, float("inf")])}}]}
+    with pytest.warns(UserWarning, match="not written: non-finite values in grad_filters.0.ema.w"):
+        assert manager.save("rolling", {"w": torch.ones(2)}, state, {"step": 5}) is None
+    assert not manager.candidates()
+
+
 def test_loading_skips_a_slot_with_non_finite_weights(tmp_path):
     """A slot written by an older lmforge (or another tool) holding NaN weights: the previous slot is resumed instead."""
     manager = CheckpointManager(tmp_path)

@@ -63,11 +63,14 @@ def evaluate_run(run_dir: Path | str, slot: str | None = None, data: str | None 
     run_dir = Path(run_dir)
     runtime = setup_runtime(device="auto", precision="fp32")
     run = load_run(run_dir, slot, device=runtime.device)
+    if not run.causal and not isinstance(run.objective, MaskDiffusionConfig):
+        raise ValueError(f"{run_dir} ({run.slot}) is a bidirectional model (model.causal false, objective "
+                         f"{run.objective.name!r}): it sees the tokens it would predict, so it has no next-token loss")
     batches, label = eval_batches(run, data, max_batches)
     tok = run.tokenizer
     shown = tqdm(batches, desc=f"eval {run.slot}", unit="batch", disable=not (sys.stderr.isatty() if progress is None else progress))
-    if isinstance(run.preset.objective, MaskDiffusionConfig):  # a bound on a bidirectional model, not next-token CE
-        metrics = evaluate_nelbo(run.model, shown, runtime, tok.token_byte_lengths(), eps=run.preset.objective.eps)
+    if isinstance(run.objective, MaskDiffusionConfig):  # a bound on a bidirectional model, not next-token CE
+        metrics = evaluate_nelbo(run.model, shown, runtime, tok.token_byte_lengths(), eps=run.objective.eps)
     else:
         metrics = evaluate_lm(run.model, shown, runtime, tok.token_byte_lengths(), tok.token_char_lengths())
     result = {"slot": run.slot, "step": run.step, "data": label, "batches": len(batches), **metrics}

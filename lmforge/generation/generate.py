@@ -47,6 +47,9 @@ def generate(
     `torch.inference_mode()` in eval mode; the caller may wrap it in autocast.
     """
     sampling = sampling or SamplingConfig()
+    if not is_causal(model):
+        raise ValueError("a bidirectional model (model.causal false) cannot be sampled token by token: every position "
+                         "reads the ones after it, with or without a cache; sample a mask_diffusion run by diffusion")
     prompts = _as_lists(prompt_ids)
     for i, p in enumerate(prompts):
         if not p:
@@ -79,6 +82,11 @@ def generate(
     finally:
         model.train(was_training)
     return results
+
+
+def is_causal(model: nn.Module) -> bool:
+    """Whether the model reads left to right (its config's `causal`; models without one always do)."""
+    return bool(getattr(getattr(model, "config", None), "causal", True))
 
 
 def context_limit(model: nn.Module) -> int | None:

@@ -107,13 +107,17 @@ class GPTConfig(Section):
             raise ValueError("attention 'gqa' needs n_kv_head smaller than n_head")
         if self.attention == "mla":
             if self.pos_embedding != "rope":
-                raise ValueError("attention 'mla' needs pos_embedding 'rope' (its decoupled RoPE key carries position)")
+                raise ValueError("attention 'mla' needs pos_embedding 'rope' (its decoupled RoPE key carries position); "
+                                 "for a preset with learned positions add --model.pos_embedding rope")
             if self.n_kv_head is not None:
                 raise ValueError("attention 'mla' has no n_kv_head: every head reads the shared latent (set mla.kv_lora_rank)")
         elif self.mla != MLAConfig():
             raise ValueError(f"model.mla is set but attention is {self.attention!r}; set attention 'mla'")
         if self.attention == "linear" and self.n_kv_head is not None:
             raise ValueError("attention 'linear' has no n_kv_head")
+        if self.attention == "linear" and not self.causal and self.pos_embedding != "learned":
+            raise ValueError("attention 'linear' with causal false needs pos_embedding 'learned': linear attention "
+                             "applies no RoPE and, without the causal prefix sum, nothing else tells positions apart")
         if self.attention != "linear" and self.linear != LinearAttentionConfig():
             raise ValueError(f"model.linear is set but attention is {self.attention!r}; set attention 'linear'")
         if self.pos_embedding == "rope" and self.rope_dim % 2:
@@ -215,6 +219,8 @@ class GPT(nn.Module):
     def set_causal(self, causal: bool) -> None:
         """Causal (each position sees the ones before it) or bidirectional attention, in every layer; a stage's
         `model_settings: {"causal": false}` calls this, so one run can pretrain one way and fine-tune the other."""
+        if not causal and self.config.attention == "linear" and self.config.pos_embedding != "learned":
+            raise ValueError("attention 'linear' with causal false needs pos_embedding 'learned' (no RoPE in linear attention)")
         self.config.causal = bool(causal)
         for block in self.blocks:
             block.attn.causal = bool(causal)

@@ -120,6 +120,13 @@ def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
     return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
+def nonfinite_run_state(model_state: Any, optimizer_state: Any, grad_filter_states: Any) -> list[str]:
+    """Names of the non-finite tensors in what a resume trains on: the weights, the optimizer state and the gradient
+    filters' state (a Grokfast EMA holding NaN would put NaN into every later gradient)."""
+    return (nonfinite_tensors(model_state) + nonfinite_tensors(optimizer_state or {}, "optimizer")
+            + nonfinite_tensors(grad_filter_states or [], "grad_filters"))
+
+
 def write_slot(directory: Path, model_state: dict[str, torch.Tensor] | None, train_state: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write one complete slot folder; `meta.json` goes last and marks it whole. `model_state` None: the folder
     already holds the weights (an FSDP slot's `shards/`, written by every process); they are fsynced and listed.
@@ -179,13 +186,19 @@ def is_sharded(meta: dict[str, Any]) -> bool:
 
 
 def load_sharded_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """An FSDP slot's weights gathered into one full state dict in this process (export, eval, generate)."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    """An FSDP slot's weights gathered into one full state dict in this process (export, eval, generate): a full-size
+    tensor for every `model.*` entry of the DCP metadata, filled from all the shards by one non-distributed load."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    reader = dcp.FileSystemReader(str(directory / SHARDS_DIR))
+    weights = {key.removeprefix("model."): torch.empty(m.size, dtype=m.properties.dtype)
+               for key, m in reader.read_metadata().state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(m, TensorStorageMetadata)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
-        loaded = _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(directory / SHARDS_DIR))
-    return {k: v for k, v in loaded["model"].items() if isinstance(v, torch.Tensor)}
+        dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+    return weights
 
 
 def read_slot(directory: Path, verify_hash: bool = True, weights: bool = True) -> Checkpoint:
@@ -203,7 +216,7 @@ def read_slot(directory: Path, verify_hash: bool = True, weights: bool = True) -
         train_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors/zip errors have many types; any of them means "unusable"
         raise CheckpointError(f"{directory.name}: cannot load ({type(err).__name__}: {err})") from None
-    bad = nonfinite_tensors(model_state) + nonfinite_tensors(train_state.get("optimizer", {}), "optimizer")
+    bad = nonfinite_run_state(model_state, train_state.get("optimizer"), train_state.get("grad_filters"))
     if bad:  # written before saves refused them, or by another tool: resuming it would train on NaN
         raise CheckpointError(f"{directory.name}: non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     return Checkpoint(directory.name, directory, meta, model_state, train_state)
@@ -220,8 +233,8 @@ class CheckpointManager:
 
     def save(self, slot: str, model_state: dict[str, torch.Tensor], train_state: dict[str, Any], meta: dict[str, Any]) -> Path | None:
         """Slot "rolling" rotates the rolling slots, any other name is replaced whole. A state holding inf or NaN
-        (weights or optimizer) is refused with a warning and None: a slot only ever holds a state worth resuming."""
-        bad = nonfinite_tensors(model_state) + nonfinite_tensors(train_state.get("optimizer", {}), "optimizer")
+        (weights, optimizer or gradient-filter state) is refused with a warning and None: a slot only ever holds a state worth resuming."""
+        bad = nonfinite_run_state(model_state, train_state.get("optimizer"), train_state.get("grad_filters"))
         if bad:
             warnings.warn(f"step {meta.get('step')}: {slot} checkpoint not written: non-finite values in "
                           f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; the older slots stay as they are", stacklevel=2)

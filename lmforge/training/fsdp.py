@@ -26,7 +26,7 @@ import torch.nn as nn
 from lmforge.protocols import BlockStack, GradientFilter
 from lmforge.runtime import Runtime
 from lmforge.training.checkpoint import (
-    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, is_write_failure, nonfinite_tensors, read_slot, write_failure,
+    SHARDS_DIR, Checkpoint, CheckpointError, CheckpointManager, CheckpointWriteError, is_write_failure, nonfinite_run_state, read_slot, write_failure,
 )
 
 
@@ -65,7 +65,7 @@ def save_sharded(manager: CheckpointManager, runtime: Runtime, slot: str, model:
     from torch.distributed.checkpoint.api import CheckpointException
 
     state = sharded_state(model, optimizer, grad_filters)
-    bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"], "optimizer")
+    bad = nonfinite_run_state(state["model"], state["optimizer"], state["grad_filters"])
     if runtime.all_reduce_mean(float(bool(bad))) > 0:  # any process
         if runtime.is_main:
             warnings.warn(f"step {meta.get('step')}: {slot} checkpoint not written: non-finite values"
@@ -169,7 +169,7 @@ def load_latest_sharded(manager: CheckpointManager, runtime: Runtime, model: nn.
             if runtime.is_main:
                 warnings.warn(f"checkpoint {name} is unusable, falling back to an older one: {err}", stacklevel=2)
             continue
-        bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"], "optimizer")
+        bad = nonfinite_run_state(state["model"], state["optimizer"], None)  # the filters' state is read below
         if runtime.all_reduce_mean(float(bool(bad))) > 0:  # any process
             if runtime.is_main:
                 warnings.warn(f"checkpoint {name} is unusable, falling back to an older one: non-finite values", stacklevel=2)

@@ -4,16 +4,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lmforge.generation import SamplingConfig, generate
+from lmforge.generation.generate import is_causal
 
 if TYPE_CHECKING:
     from lmforge.training.trainer import Trainer
 
 
 def write_samples(trainer: "Trainer", print_them: bool) -> list[str]:
-    """Left-to-right samples of each prompt; none for a model its objective does not train to decode that way."""
-    if not trainer.objective.left_to_right:
+    """Left-to-right samples of each prompt; none for a model its objective does not train to decode that way, or
+    whose attention is bidirectional now (`model.causal` false, also in a stage that switched it)."""
+    if not trainer.objective.left_to_right or not is_causal(trainer.model):
         if print_them:
-            print(f"(no left-to-right samples: objective {trainer.preset.objective.name!r} trains a bidirectional model)", flush=True)
+            stage_objective = trainer.stages.stages[trainer.stage_index].objective or trainer.preset.objective
+            why = f"objective {stage_objective.name!r}" if not trainer.objective.left_to_right else "model.causal is false"
+            print(f"(no left-to-right samples: {why}, a bidirectional model)", flush=True)
         return []
     if trainer.runtime.sharded and trainer.runtime.distributed:  # one process cannot run a sharded model alone
         if print_them:

@@ -72,6 +72,32 @@ class Stage:
         return self.end_step - self.start_step
 
 
+def carried(per_stage: list[dict[str, Any]], index: int) -> dict[str, Any]:
+    """What is in force in stage `index`: its own entries over those of the stages before it (an entry a stage
+    leaves out keeps its earlier value, as in an uninterrupted run, also after a resume)."""
+    merged: dict[str, Any] = {}
+    for entries in per_stage[: index + 1]:
+        merged.update(entries)
+    return merged
+
+
+def apply_model_settings(model: torch.nn.Module, index: int, settings: dict[str, Any]) -> None:
+    """`set_<name>(value)` for each of stage `index`'s model settings (`causal`, `depth`, ...)."""
+    for key, value in settings.items():
+        setter = getattr(model, f"set_{key}", None)
+        if setter is None:
+            raise PresetError(f"stages.{index}.model_settings.{key}: the model ({type(model).__name__}) has no set_{key}")
+        try:
+            setter(value)
+        except (TypeError, ValueError) as err:
+            raise PresetError(f"stages.{index}.model_settings.{key}: {err}") from None
+
+
+def settings_of_stage(preset: Preset, index: int) -> dict[str, Any]:
+    """The model settings of a preset's stage `index`, for a model loaded from a checkpoint of that stage."""
+    return carried([dict(stage.model_settings) for stage in preset.stages or []], index)
+
+
 class StagePlan:
     """The stages of one run, resolved against its step count, with the run's LR schedule."""
 
@@ -140,10 +166,7 @@ class StagePlan:
         return self._carried(index, "optimizer")
 
     def _carried(self, index: int, attribute: str) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for stage in self.stages[: index + 1]:
-            merged.update(getattr(stage, attribute))
-        return merged
+        return carried([getattr(stage, attribute) for stage in self.stages], index)
 
     def schedule_at(self, step: int) -> tuple[Schedule, int, float]:
         """(schedule, the step to ask it for, the stage's LR multiplier) for optimizer step `step` (0-based)."""
@@ -302,14 +325,7 @@ class StagePlan:
 
     @staticmethod
     def _set(model: torch.nn.Module, index: int, settings: dict[str, Any]) -> None:
-        for key, value in settings.items():
-            setter = getattr(model, f"set_{key}", None)
-            if setter is None:
-                raise PresetError(f"stages.{index}.model_settings.{key}: the model ({type(model).__name__}) has no set_{key}")
-            try:
-                setter(value)
-            except (TypeError, ValueError) as err:
-                raise PresetError(f"stages.{index}.model_settings.{key}: {err}") from None
+        apply_model_settings(model, index, settings)
 
     def describe(self, index: int) -> dict[str, Any]:
         """Fields for a metrics row: the stage index and name (nothing for a preset without stages)."""
