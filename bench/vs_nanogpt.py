@@ -5,7 +5,8 @@ nanoGPT is the user's own copy (`NANOGPT_DIR`, e.g. a clone of github.com/karpat
 This script copies it into a temporary folder, writes tiny shakespeare there as `data/shakespeare_char/input.txt`
 (so its `prepare.py` makes train.bin/val.bin without downloading) and patches one line of the copy's `train.py`:
 stock nanoGPT never autocasts on CPU (`ctx = nullcontext() if device_type == 'cpu'`), so `--dtype=bfloat16` would
-still run fp32; the copy autocasts whenever the dtype is not float32, as it does on CUDA.
+still run fp32; the copy autocasts whenever the dtype is not float32, as it does on CUDA. The CPU recipe passes
+`--dtype=float32`, which is what stock nanoGPT runs on CPU (its default dtype there, float16, is never applied).
 
 Rows:
 - `10m`: nanoGPT `config/train_shakespeare_char.py` (6x384, block 256, batch 64, dropout 0.2) and lmforge's
@@ -15,6 +16,7 @@ Rows:
   timed from launch to the line that prints it; lmforge's `shakespeare_char_cpu_best`, timed from launch to the
   first evaluation at or below that loss (start-up + the trainer's own elapsed time at that row).
 - `startup`: `lmforge train` of a 3-step run to its first step row, and a restart of it to its first resumed row.
+`--rows` reruns only the rows named; the others keep what the JSON already holds.
 Precision: `--precision auto` takes bf16 where the CPU has AMX or AVX512-BF16, else fp32 (bf16 matmuls emulated
 without them are ~600x slower than fp32 on an AVX2 CPU: a bf16 comparison there measures the emulation).
 
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("LMFORGE_TEXT", REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
 AUTOCAST_LINE = "ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)"
 AUTOCAST_PATCH = "ctx = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)"
-NANOGPT_CPU_RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+NANOGPT_CPU_RECIPE = ["--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
                       "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 ITER_LINE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
 EVAL_LINE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
@@ -180,22 +182,24 @@ def main() -> None:
     import torch
 
     precision = pick_precision(args.precision)
-    report: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "precision_10m": precision}
+    out = Path(args.out)
+    report: dict = json.loads(out.read_text()) if out.exists() else {}  # rows not run now keep their last measurement
+    report.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+                   "threads": torch.get_num_threads()})
     with tempfile.TemporaryDirectory(prefix="vs_nanogpt-") as tmp_name:
         tmp = Path(tmp_name)
         work = nanogpt_copy(Path(source), tmp) if rows & {"10m", "cpu"} else None
         if work is not None:
             report["nanogpt_commit"] = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
         if "10m" in rows:
-            report["10m"] = row_10m(work, args, precision, tmp)
+            report["10m"] = row_10m(work, args, precision, tmp)  # its own "precision" field
         if "cpu" in rows:
             report["cpu_recipe"] = row_cpu(work, args, tmp)
         if "startup" in rows:
             report["startup"] = row_startup(tmp)
     print_tables(report)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def print_tables(report: dict) -> None:

@@ -508,7 +508,9 @@ def _validate_stages(preset: Preset, model: Any, problems: list[str]) -> None:
             try:
                 type(model).model_validate({**model.model_dump(), **in_force})
             except ValidationError as err:
-                problems.extend(f"stages.{i}.model_settings: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+                problems.extend(f"stages.{i}.model_settings{''.join('.' + str(k) for k in e['loc'])}: "
+                                f"{e['msg'].removeprefix('Value error, ')}" + (f", got {e['input']!r}" if e["loc"] else "")
+                                for e in err.errors())
         if stage.objective is not None:
             stage.objective = _validate_component(OBJECTIVES, "name", stage.objective, ("stages", i, "objective"), problems)
         if stage.lr_schedule is not None:
