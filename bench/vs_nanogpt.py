@@ -64,10 +64,10 @@ def nanogpt_copy(source: Path, into: Path) -> Path:
     return work
 
 
-def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[list[tuple[float, str]], float]:
-    """(seconds since launch, line) for every stdout/stderr line, and the whole wall time; raises on failure."""
+def run_streaming(cmd: list[str], cwd: Path) -> tuple[list[tuple[float, str]], float]:
+    """(seconds since launch, line) for every stdout/stderr line, and the whole wall time; exits on failure."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in proc.stdout]
     if proc.wait() != 0:
         sys.exit(f"vs_nanogpt: {' '.join(cmd)} failed:\n" + "\n".join(line for _, line in lines[-30:]))
@@ -89,10 +89,10 @@ def lmforge_train(preset: str, run_dir: Path, *overrides: str) -> tuple[list[dic
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first_row = None
-    while proc.poll() is None:
+    while proc.poll() is None:  # the metrics file is read only until the first step row appears
         if first_row is None and metrics.exists() and len(metrics.read_text().splitlines()) > before:
             first_row = time.perf_counter() - t0
-        time.sleep(0.005)
+        time.sleep(0.005 if first_row is None else 0.1)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"vs_nanogpt: {' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
