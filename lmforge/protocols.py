@@ -167,3 +167,12 @@ class LayerSwap(Protocol):
     def __call__(self, model: nn.Module, cfg: Any) -> nn.Module:
         ...
 
+
+class QuantizedLayer(ABC):
+    """Marker base of a layer a swap put in whose matmuls run on quantized (or fake-quantized) weights: BitNet's
+    ternary layers, FP8/FP4 QAT, NF4 + LoRA. A model holding one reports no MFU: its matmul rate is not measured
+    against the fp32/bf16 peak (torchtitan skips MFU under FP8/MX for the same reason); TFLOP/s is still logged."""
+
+
+def has_quantized_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantizedLayer) for m in model.modules())

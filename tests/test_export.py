@@ -18,6 +18,8 @@ transformers = pytest.importorskip("transformers")
 STYLES = {
     # Llama: the defaults (RoPE, RMSNorm, SwiGLU), GQA, untied head, char tokenizer
     "llama": ({"n_kv_head": 1, "tie_embeddings": False}, {"type": "char"}, "LlamaForCausalLM"),
+    # Qwen3: Llama with QK-norm (its q_norm/k_norm weights trained away from 1), GQA, tied head
+    "qwen3": ({"qk_norm": True, "n_kv_head": 2}, {"type": "char"}, "Qwen3ForCausalLM"),
     # GPT-2: learned positions, LayerNorm, GELU, biases, tied head, BPE tokenizer
     "gpt2": ({"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, {"type": "bpe", "vocab_size": 300},
              "GPT2LMHeadModel"),

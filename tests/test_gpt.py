@@ -76,12 +76,13 @@ def test_gqa(n_kv_head):
     assert model.num_params() < tiny().num_params()
 
 
-CACHE_CASES = list(itertools.product(["rope", "learned"], ["swiglu", "gelu"], ["rmsnorm", "layernorm"]))
+CACHE_CASES = [(*case, False) for case in itertools.product(["rope", "learned"], ["swiglu", "gelu"], ["rmsnorm", "layernorm"])]
+CACHE_CASES += [("rope", "relu2", "rmsnorm", False), ("rope", "swiglu", "rmsnorm", True), ("learned", "relu2", "layernorm", True)]
 
 
-@pytest.mark.parametrize("pos,mlp,norm", CACHE_CASES)
-def test_kv_cache_matches_full_forward(pos, mlp, norm):
-    model = tiny(pos_embedding=pos, mlp=mlp, norm=norm, n_kv_head=2, bias=norm == "layernorm")
+@pytest.mark.parametrize("pos,mlp,norm,qk_norm", CACHE_CASES)
+def test_kv_cache_matches_full_forward(pos, mlp, norm, qk_norm):
+    model = tiny(pos_embedding=pos, mlp=mlp, norm=norm, n_kv_head=2, bias=norm == "layernorm", qk_norm=qk_norm)
     x = tokens(2, 14)
     with torch.no_grad():
         full = model(x).logits
@@ -130,6 +131,47 @@ def test_init_scales_residual_projections():
     qkv = model.blocks[0].attn.c_attn.weight.std().item()
     assert proj == pytest.approx(0.02 / 4, rel=0.1)  # 0.02 / sqrt(2 * 8)
     assert qkv == pytest.approx(0.02, rel=0.1)
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    model = tiny(zero_init_proj=True, tie_embeddings=False)
+    projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
+    assert len(projections) == 4 and all(not p.any() for p in projections)
+    assert model.blocks[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)  # the rest keeps its init
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model.lm_head(model.ln_f(model.wte(x))))
+    model.train()
+    F.cross_entropy(model(x).logits.flatten(0, 1), x.flatten()).backward()
+    assert all(p.grad.abs().sum() > 0 for p in projections)  # zero weights, non-zero gradients: they train from step 1
+
+
+def test_relu2_mlp_is_primers_squared_relu():
+    """relu2's MLP is c_proj(relu(c_fc x)^2), transformers' `ReLUSquaredActivation` (Primer, Nemotron) in between."""
+    transformers = pytest.importorskip("transformers")
+    model = tiny(mlp="relu2")
+    mlp = model.blocks[0].mlp
+    assert mlp.c_fc.out_features == 4 * 32  # the gelu width: mlp_ratio * n_embd, two matrices
+    x = torch.randn(2, 5, 32)
+    act = transformers.activations.ACT2FN["relu2"]
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.c_proj(act(mlp.c_fc(x))), rtol=0, atol=0)
+        assert (mlp.c_fc(x) < 0).any()  # the negative half is there and clipped
+
+
+def test_qk_norm_normalises_each_heads_queries_and_keys():
+    model = tiny(qk_norm=True, n_kv_head=2, norm_eps=1e-12)  # at init q and k are small: a tiny eps, exact unit RMS
+    attn = model.blocks[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (8,)  # head_dim
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, i, o: seen.update(q=o))
+    attn.k_norm.register_forward_hook(lambda m, i, o: seen.update(k=o))
+    with torch.no_grad():
+        model(tokens())
+    assert seen["q"].shape == (2, 12, 4, 8) and seen["k"].shape == (2, 12, 2, 8)  # (B, T, heads, hs)
+    for t in seen.values():
+        torch.testing.assert_close(t.pow(2).mean(-1), torch.ones(t.shape[:-1]), rtol=0, atol=1e-4)
+    assert model.num_params() == tiny(n_kv_head=2, norm_eps=1e-12).num_params() + 2 * 2 * 8  # 2 layers x (q_norm + k_norm) x head_dim
 
 
 def test_flops_per_token_formula():
@@ -221,6 +263,9 @@ def test_extend_rope_without_interpolation_extends_table():
         (dict(n_layr=2), "n_layr"),
         (dict(dropout=1.0), "dropout"),
         (dict(pos_embedding="alibi"), "pos_embedding"),
+        (dict(mlp="relu"), "mlp"),
+        (dict(qk_norm=True, attention="mla"), "qk_norm"),
+        (dict(qk_norm=True, attention="linear"), "qk_norm"),
     ],
 )
 def test_config_validation(kwargs, field):

@@ -14,6 +14,7 @@ from lmforge.export.hf_import import HFImportError, import_hf, load_hf_state  # 
 STYLES = {
     "llama": ({"n_kv_head": 1, "tie_embeddings": False}, {"type": "char"}),  # GQA, untied, RoPE sign convention
     "gpt2": ({"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, {"type": "bpe", "vocab_size": 300}),
+    "qwen3": ({"qk_norm": True, "n_kv_head": 2}, {"type": "char"}),
 }
 IDS = torch.tensor([[5, 9, 2, 17, 30, 1, 8, 8, 12, 40, 3, 7]])
 
@@ -50,7 +51,7 @@ def test_round_trip_logits_equal(exported):
     style, run_dir, hf_dir = exported
     original = load_run(run_dir).model
     imported = import_hf(hf_dir)
-    for field in ("n_layer", "n_head", "kv_heads", "n_embd", "block_size", "pos_embedding", "norm", "mlp",
+    for field in ("n_layer", "n_head", "kv_heads", "n_embd", "block_size", "pos_embedding", "norm", "mlp", "qk_norm",
                   "mlp_hidden_dim", "tie_embeddings", "vocab_size"):
         assert getattr(imported.config, field) == getattr(original.config, field), field
     with torch.no_grad():
@@ -59,7 +60,7 @@ def test_round_trip_logits_equal(exported):
     assert torch.allclose(ours, back, atol=1e-5, rtol=0), (ours - back).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3"])
 def test_import_foreign_transformers_model(tmp_path, kind):
     """A model transformers built itself (odd MLP width, attention-only biases, linear RoPE scaling) imports exactly."""
     torch.manual_seed(0)
@@ -70,6 +71,13 @@ def test_import_foreign_transformers_model(tmp_path, kind):
             rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
         )
         hf = transformers.LlamaForCausalLM(cfg)
+    elif kind == "qwen3":
+        cfg = transformers.Qwen3Config(
+            vocab_size=50, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, attention_bias=True, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+        )
+        hf = transformers.Qwen3ForCausalLM(cfg)
     else:
         cfg = transformers.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=96,
                                       activation_function="gelu", tie_word_embeddings=False)

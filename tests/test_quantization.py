@@ -110,6 +110,19 @@ def test_fake_quant_linear_passes_the_gradient_straight_through():
         assert torch.equal(layer(x), F.linear(xq, wq, linear.bias))
 
 
+def test_every_quantizing_swap_marks_its_layers_so_mfu_drops_out():
+    from lmforge.protocols import has_quantized_layers
+    from lmforge.quant.bitnet import BitLinearSwapConfig, swap_to_bitnet
+
+    def fresh() -> GPT:
+        return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=16, vocab_size=40))
+
+    assert not has_quantized_layers(fresh())
+    for swapped in (swap_to_bitnet(fresh(), BitLinearSwapConfig()), swap_to_fake_quant(fresh(), Fp8SwapConfig()),
+                    swap_to_fake_quant(fresh(), Fp4SwapConfig()), swap_to_nf4_lora(fresh(), NF4LoRASwapConfig())):
+        assert has_quantized_layers(swapped)
+
+
 def test_swaps_leave_the_tied_head_and_check_block_widths():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40))
     swap_to_fake_quant(model, Fp8SwapConfig())
@@ -181,6 +194,8 @@ def test_fake_quant_swaps_train_a_gpt_preset(tmp_path, small_text, swap):
     result = train(load_preset(raw), tmp_path / "run")
     losses = _losses(tmp_path / "run")
     assert result.steps == 10 and losses[-1] < losses[0] - 0.3
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert all(r["tflops"] > 0 and "mfu" not in r for r in rows)  # torchtitan's rule: no MFU for quantized matmuls
     run = load_run(tmp_path / "run")
     assert sum(isinstance(m, FakeQuantLinear) for m in run.model.modules()) == 8
 

@@ -55,6 +55,8 @@ def test_training_run_writes_metrics_checkpoints_samples(tmp_path, small_text):
     assert train_rows[-1]["tokens"] == 12 * 4 * 32
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert all(0 < r["mfu"] < 1 for r in train_rows)
+    peaks = {r["tflops"] * 1e12 / r["mfu"] for r in train_rows}  # one peak for the whole run: MFU moves only with speed
+    assert max(peaks) == pytest.approx(min(peaks), rel=1e-9)
     evals = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in evals] == [4, 8, 12]
     assert all(math.isclose(r["val_bpc"], r["val_loss"] / math.log(2), rel_tol=1e-6) for r in evals)  # char level, ASCII

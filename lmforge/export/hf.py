@@ -1,4 +1,5 @@
-"""Export a `gpt` model to Hugging Face transformers: Llama when RoPE/RMSNorm/SwiGLU, GPT-2 when learned/LayerNorm/GELU.
+"""Export a `gpt` model to Hugging Face transformers: Llama when RoPE/RMSNorm/SwiGLU (Qwen3 with qk_norm,
+DeepseekV3 with MLA), GPT-2 when learned/LayerNorm/GELU.
 
 Weights are renamed and reshaped only; the test checks the logits of the
 reloaded model against lmforge's. Two conventions differ from lmforge's:
@@ -6,6 +7,7 @@ reloaded model against lmforge's. Two conventions differ from lmforge's:
   x2 cos - x1 sin]); HF Llama's `rotate_half` rotates the same pairs by +angle.
   Negating the second half of every q and k head turns one into the other
   (R(-a) = F R(a) F with F that sign flip, and F is orthogonal, so q.k is kept).
+  QK-norm's weights need no flip: the sign flip is elementwise, so it commutes with RMSNorm.
 - GPT-2 stores Linear weights as Conv1D (in, out), has no GQA (k and v heads are
   repeated), and always has biases and LayerNorm offsets (zeros when lmforge has none).
 """
@@ -27,7 +29,7 @@ class ExportError(ValueError):
 
 
 def hf_style(cfg: GPTConfig) -> str:
-    """'llama', 'deepseek_v3' (MLA) or 'gpt2', or an ExportError naming the fields to change."""
+    """'llama', 'qwen3' (qk_norm), 'deepseek_v3' (MLA) or 'gpt2', or an ExportError naming the fields to change."""
     if cfg.attention == "linear":
         raise ExportError("transformers has no causal LM with lmforge's linear attention; use --format safetensors")
     if not cfg.causal:
@@ -38,13 +40,17 @@ def hf_style(cfg: GPTConfig) -> str:
             if cfg.bias:
                 raise ExportError("DeepseekV3's MLP has no biases: export an MLA model with model.bias false, or use --format safetensors")
             return "deepseek_v3"
+        if cfg.qk_norm:
+            if cfg.bias:
+                raise ExportError("Qwen3's MLP has no biases: export a qk_norm model with model.bias false, or use --format safetensors")
+            return "qwen3"
         return "llama"
-    if cfg.pos_embedding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu":
+    if cfg.pos_embedding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and not cfg.qk_norm:
         return "gpt2"
     raise ExportError(
-        f"no Hugging Face architecture for pos_embedding={cfg.pos_embedding}, norm={cfg.norm}, mlp={cfg.mlp}: "
-        "export supports rope+rmsnorm+swiglu (Llama; DeepseekV3 with attention mla) and learned+layernorm+gelu "
-        "(GPT-2); use --format safetensors"
+        f"no Hugging Face architecture for pos_embedding={cfg.pos_embedding}, norm={cfg.norm}, mlp={cfg.mlp}, "
+        f"qk_norm={cfg.qk_norm}: export supports rope+rmsnorm+swiglu (Llama; Qwen3 with qk_norm; DeepseekV3 with "
+        "attention mla) and learned+layernorm+gelu (GPT-2); use --format safetensors"
     )
 
 
@@ -55,18 +61,40 @@ def _flip_rope_half(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tenso
     return w.view(n_heads * head_dim, *w.shape[2:])
 
 
+def _rope_parameters(c: GPTConfig) -> dict[str, object]:
+    if c.rope_scale != 1.0:
+        return {"rope_type": "linear", "rope_theta": c.rope_theta, "factor": 1.0 / c.rope_scale}
+    return {"rope_type": "default", "rope_theta": c.rope_theta}
+
+
+def qwen3_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], PretrainedConfig]:
+    """Qwen3ForCausalLM's state dict and config: Llama's mapping plus each layer's q_norm/k_norm weights."""
+    from transformers import Qwen3Config
+
+    c = model.config
+    sd, _ = llama_state_and_config(model)
+    for i, block in enumerate(model.blocks):
+        sd[f"model.layers.{i}.self_attn.q_norm.weight"] = block.attn.q_norm.weight
+        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = block.attn.k_norm.weight
+    config = Qwen3Config(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden_dim, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_dim, hidden_act="silu",
+        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, rope_parameters=_rope_parameters(c),
+        tie_word_embeddings=c.tie_embeddings, attention_bias=False, use_sliding_window=False,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    return sd, config
+
+
 def llama_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], PretrainedConfig]:
     """LlamaForCausalLM's state dict and config: fused qkv and gate/up split apart, q/k heads sign-fixed for RoPE."""
     from transformers import LlamaConfig
 
     c = model.config
-    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scale != 1.0:
-        rope = {"rope_type": "linear", "rope_theta": c.rope_theta, "factor": 1.0 / c.rope_scale}
     config = LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden_dim, num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_dim, hidden_act="silu",
-        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, rope_parameters=rope,
+        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, rope_parameters=_rope_parameters(c),
         tie_word_embeddings=c.tie_embeddings, attention_bias=c.bias, mlp_bias=c.bias,
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
@@ -197,14 +225,16 @@ def gpt2_state_and_config(model: GPT) -> tuple[dict[str, torch.Tensor], Pretrain
 
 @torch.no_grad()
 def to_hf_model(model: GPT) -> torch.nn.Module:
-    """A transformers LlamaForCausalLM or GPT2LMHeadModel (fp32, eval mode) with `model`'s weights."""
-    from transformers import DeepseekV3ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+    """A transformers LlamaForCausalLM, Qwen3ForCausalLM, DeepseekV3ForCausalLM or GPT2LMHeadModel (fp32, eval mode)
+    with `model`'s weights."""
+    from transformers import DeepseekV3ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM
 
     if not isinstance(model, GPT):
         raise ExportError(f"--format hf exports `gpt` models only (got {type(model).__name__}); use --format safetensors")
     style = hf_style(model.config)
     build, cls = {"llama": (llama_state_and_config, LlamaForCausalLM), "gpt2": (gpt2_state_and_config, GPT2LMHeadModel),
-                  "deepseek_v3": (deepseek_v3_state_and_config, DeepseekV3ForCausalLM)}[style]
+                  "deepseek_v3": (deepseek_v3_state_and_config, DeepseekV3ForCausalLM),
+                  "qwen3": (qwen3_state_and_config, Qwen3ForCausalLM)}[style]
     sd, config = build(model)
     hf = cls(config)
     missing, unexpected = hf.load_state_dict({k: v.detach().float().contiguous() for k, v in sd.items()}, strict=False)

@@ -1,4 +1,4 @@
-"""Import a Hugging Face Llama, GPT-2 or dense DeepseekV3 (MLA) checkpoint as an lmforge `gpt`: export/hf.py backwards.
+"""Import a Hugging Face Llama, Qwen3 (qk_norm), GPT-2 or dense DeepseekV3 (MLA) checkpoint as an lmforge `gpt`: export/hf.py backwards.
 
 The q/k sign flip of the RoPE convention is its own inverse, so the same
 `_flip_rope_half` undoes it. GPT-2 always has biases and no GQA, so a GPT-2
@@ -53,6 +53,13 @@ def llama_gpt_config(hf: object) -> GPTConfig:
         mlp_ratio=1.5 * hf.intermediate_size / hf.hidden_size, multiple_of=hf.intermediate_size,
         tie_embeddings=bool(hf.tie_word_embeddings), norm_eps=hf.rms_norm_eps,
     )
+
+
+def qwen3_gpt_config(hf: object) -> GPTConfig:
+    """GPTConfig (qk_norm) computing what a Qwen3Config `hf` does; sliding-window layers are refused."""
+    if getattr(hf, "use_sliding_window", False):
+        _refuse("use_sliding_window true (lmforge's gpt attends to the whole context)")
+    return GPTConfig(**{**llama_gpt_config(hf).model_dump(), "qk_norm": True})
 
 
 def deepseek_v3_gpt_config(hf: object) -> GPTConfig:
@@ -121,6 +128,16 @@ def llama_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torc
     return out
 
 
+def qwen3_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torch.Tensor]:
+    """lmforge state from Qwen3ForCausalLM's: Llama's mapping plus q_norm/k_norm (no flip: it commutes with RMSNorm)."""
+    out = llama_gpt_state(sd, c)
+    for i in range(c.n_layer):
+        p = f"model.layers.{i}.self_attn."
+        out[f"blocks.{i}.attn.q_norm.weight"] = sd[p + "q_norm.weight"]
+        out[f"blocks.{i}.attn.k_norm.weight"] = sd[p + "k_norm.weight"]
+    return out
+
+
 def deepseek_v3_gpt_state(sd: dict[str, torch.Tensor], c: GPTConfig) -> dict[str, torch.Tensor]:
     """lmforge state from a dense DeepseekV3ForCausalLM's: export's mapping run backwards (the flips undo themselves)."""
     m, nh = c.mla_sizes, c.n_head
@@ -180,7 +197,7 @@ def load_hf_state(path: Path | str) -> tuple[GPTConfig, dict[str, torch.Tensor]]
     path = str(path)
     hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     kinds = {"llama": (llama_gpt_config, llama_gpt_state), "gpt2": (gpt2_gpt_config, gpt2_gpt_state),
-             "deepseek_v3": (deepseek_v3_gpt_config, deepseek_v3_gpt_state)}
+             "deepseek_v3": (deepseek_v3_gpt_config, deepseek_v3_gpt_state), "qwen3": (qwen3_gpt_config, qwen3_gpt_state)}
     if hf_config.model_type not in kinds:
         _refuse(f"model_type {hf_config.model_type!r} (supported: {', '.join(kinds)})")
     make_config, make_state = kinds[hf_config.model_type]

@@ -83,11 +83,14 @@ class GPTConfig(Section):
         description="RoPE position multiplier (position interpolation); extend_max_seq_len sets it, 1 = none",
     )
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="normalization layer")
-    mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="feed-forward type")
+    mlp: Literal["swiglu", "gelu", "relu2"] = Field(
+        "swiglu", description="feed-forward type: swiglu (Llama), gelu (GPT-2), relu2 (Primer's relu(x)^2, modded-nanogpt)")
     mlp_ratio: float = Field(
         4.0, gt=0,
-        description="MLP width / n_embd for gelu; swiglu uses 2/3 of that (same parameter count), rounded up to multiple_of",
+        description="MLP width / n_embd for gelu and relu2; swiglu uses 2/3 of that (same parameter count), rounded up to multiple_of",
     )
+    qk_norm: bool = Field(False, description="RMSNorm on each head's queries and keys before RoPE (Qwen3, OLMo 2); "
+                          "attention mha/gqa only")
     multiple_of: int = Field(64, ge=1, description="round the swiglu hidden width up to a multiple of this")
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding matrix")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of every norm")
@@ -95,6 +98,10 @@ class GPTConfig(Section):
     init: Literal["gpt2", "pytorch"] = Field(
         "gpt2", description="gpt2: N(0, init_std) (nanoGPT); pytorch: each layer's own default (Embedding N(0, 1), Linear "
         "Kaiming-uniform), as the Grokfast paper's decoder: the larger weight norm is part of what makes grokking slow"
+    )
+    zero_init_proj: bool = Field(
+        False, description="start every block's output projections (attention and MLP c_proj) at zero, so each block "
+        "begins as the identity and the first steps train the embeddings and head (modded-nanogpt)"
     )
 
     @model_validator(mode="after")
@@ -113,6 +120,8 @@ class GPTConfig(Section):
                 raise ValueError("attention 'mla' has no n_kv_head: every head reads the shared latent (set mla.kv_lora_rank)")
         elif self.mla != MLAConfig():
             raise ValueError(f"model.mla is set but attention is {self.attention!r}; set attention 'mla'")
+        if self.qk_norm and self.attention in ("mla", "linear"):
+            raise ValueError(f"qk_norm applies to attention mha/gqa, not {self.attention!r}")
         if self.attention == "linear" and self.n_kv_head is not None:
             raise ValueError("attention 'linear' has no n_kv_head")
         if self.attention == "linear" and not self.causal and self.pos_embedding != "learned":
@@ -149,7 +158,7 @@ class GPTConfig(Section):
 
     @property
     def mlp_hidden_dim(self) -> int:
-        if self.mlp == "gelu":
+        if self.mlp in ("gelu", "relu2"):
             return int(self.mlp_ratio * self.n_embd)
         return swiglu_hidden_dim(self.n_embd, self.mlp_ratio, self.multiple_of)
 
@@ -193,6 +202,10 @@ class GPT(nn.Module):
             for module in self.modules():
                 if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
                     module.reset_parameters()
+        if config.zero_init_proj:
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.zeros_(p)
 
     def _make_block(self, i: int) -> Block:
         c = self.config
@@ -202,7 +215,8 @@ class GPT(nn.Module):
             attn = LinearAttention(c.n_embd, c.n_head, i, c.linear.feature_map, c.linear.n_features, c.linear.chunk_size,
                                    bias=c.bias, dropout=c.dropout)
         else:
-            attn = CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout)
+            attn = CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout,
+                                       qk_norm=c.qk_norm, norm_eps=c.norm_eps)
         return Block(
             attn=attn,
             mlp=build_mlp(c.mlp, c.n_embd, c.mlp_hidden_dim, c.bias, c.dropout),

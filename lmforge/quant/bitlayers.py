@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.protocols import QuantizedLayer
 from lmforge.quant.ternary import quantize_activation, quantize_weight, ste
 
 
-class TernaryWeights(abc.ABC):
+class TernaryWeights(QuantizedLayer):
     """Mixin: weights named in `quantized_names()` are used as ternary codes * scale in the forward pass."""
 
     eps: float

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmforge.config_base import Section
+from lmforge.protocols import QuantizedLayer
 from lmforge.quant.formats import fake_fp8, fake_mxfp4, fake_nvfp4
 from lmforge.quant.targets import find_targets, no_targets_error, replace_module
 from lmforge.registry import LAYER_SWAPS
@@ -57,7 +58,7 @@ def ste(x: torch.Tensor, quantize: Quantizer) -> torch.Tensor:
     return x + (quantize(x).to(x.dtype) - x).detach()
 
 
-class FakeQuantLinear(nn.Linear):
+class FakeQuantLinear(nn.Linear, QuantizedLayer):
     """nn.Linear whose weight (and input) are rounded to a low-precision grid in the forward pass."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, weight_quantizer: Quantizer,

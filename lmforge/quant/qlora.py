@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmforge.config_base import Section
+from lmforge.protocols import QuantizedLayer
 from lmforge.quant.formats import dequantize_absmax_int8, dequantize_nf4, quantize_absmax_int8, quantize_nf4
 from lmforge.quant.targets import find_targets, no_targets_error, replace_module
 from lmforge.registry import LAYER_SWAPS
@@ -45,7 +46,7 @@ class NF4LoRASwapConfig(Section):
     double_quant: bool = Field(True, description="store the per-block absmaxes as int8 (one fp32 factor per 256 blocks)")
 
 
-class NF4LoRALinear(nn.Module):
+class NF4LoRALinear(nn.Module, QuantizedLayer):
     """A frozen NF4 weight (buffers) plus a trained rank-r adapter; drop-in for nn.Linear."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float, dropout: float,

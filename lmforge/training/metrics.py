@@ -94,7 +94,8 @@ def start_wandb(run_dir: Path, cfg: "WandbConfig", run_name: str | None, config:
 
 def train_row(trainer: "Trainer", loss: float, lr: float, metrics: dict[str, "torch.Tensor"], grad_norm: "torch.Tensor | None",
               window_tokens: int, window_time: float) -> dict[str, Any]:
-    """One training row: loss, lr, the objective's terms, speed, MFU, schedule, stage, data and memory facts."""
+    """One training row: loss, lr, the objective's terms, speed (tokens/s, TFLOP/s per device), MFU (not with
+    quantized layers), schedule, stage, data and memory facts."""
     tokens_per_sec = window_tokens / max(window_time, 1e-9)
     row: dict[str, Any] = {
         "step": trainer.step, "tokens": trainer.tokens, "loss": loss, "lr": lr,
@@ -109,9 +110,12 @@ def train_row(trainer: "Trainer", loss: float, lr: float, metrics: dict[str, "to
     schedule, at, _ = trainer.stages.schedule_at(trainer.step - 1)  # the step just taken
     row.update(schedule.describe(at))
     row.update(trainer.stages.describe(trainer.stage_index))
-    if trainer.peak_flops:  # the stage's own cost: a shallow or cached stage does less per token
-        per_device = tokens_per_sec / trainer.runtime.world_size
-        row["mfu"] = trainer.stage_flops[trainer.stage_index] * per_device / trainer.peak_flops
+    flops = trainer.stage_flops[trainer.stage_index]  # the stage's own cost: a shallow or cached stage does less per token
+    if flops:
+        achieved = flops * tokens_per_sec / trainer.runtime.world_size  # model FLOP/s per device
+        row["tflops"] = achieved / 1e12
+        if trainer.peak_flops:
+            row["mfu"] = achieved / trainer.peak_flops
     row.update(trainer.train_data.adaptive_metrics())
     row.update(trainer.train_data.skip_metrics())
     row.update(trainer.runtime.memory_stats())

@@ -22,7 +22,7 @@ from lmforge.evaluation import evaluate_lm
 from lmforge.inference import LoadedRun, load_run
 from lmforge.objectives import StepContext
 from lmforge.objectives.auxiliary import with_auxiliary
-from lmforge.protocols import Objective
+from lmforge.protocols import Objective, has_quantized_layers
 from lmforge.registry import GRAD_FILTERS, OBJECTIVES
 from lmforge.runtime import Runtime, gemm_shapes, peak_flops, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
@@ -103,7 +103,11 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
         self.stage_flops = stage_flops_per_token(self.resolved, self.seq_length)  # per token, per stage, the heads' cost included
-        self.peak_flops = peak_flops(rt, tc.peak_flops, gemm_shapes(self.model, tc.batch_size * self.seq_length)) if self.stage_flops[0] else None
+        # MFU needs the peak of the dtype the matmuls run in; quantized layers' matmuls have none here (torchtitan's rule)
+        self.peak_flops = (
+            peak_flops(rt, tc.peak_flops, gemm_shapes(self.model, tc.batch_size * self.seq_length))
+            if self.stage_flops[0] and not has_quantized_layers(self.model) else None
+        )
 
     @property
     def seq_length(self) -> int:
