@@ -89,8 +89,8 @@ class GPTConfig(Section):
         4.0, gt=0,
         description="MLP width / n_embd for gelu and relu2; swiglu uses 2/3 of that (same parameter count), rounded up to multiple_of",
     )
-    qk_norm: bool = Field(False, description="RMSNorm on each head's queries and keys before RoPE (Qwen3, OLMo 2); "
-                          "attention mha/gqa only")
+    qk_norm: bool = Field(False, description="normalise each head's queries and keys before RoPE with the model's `norm` "
+                          "(rmsnorm: Qwen3, OLMo 2; layernorm: Dehghani et al. 2023); attention mha/gqa only")
     multiple_of: int = Field(64, ge=1, description="round the swiglu hidden width up to a multiple of this")
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding matrix")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of every norm")
@@ -216,7 +216,7 @@ class GPT(nn.Module):
                                    bias=c.bias, dropout=c.dropout)
         else:
             attn = CausalSelfAttention(c.n_embd, c.n_head, c.kv_heads, layer_idx=i, bias=c.bias, dropout=c.dropout,
-                                       qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+                                       qk_norm=c.norm if c.qk_norm else None, norm_eps=c.norm_eps)
         return Block(
             attn=attn,
             mlp=build_mlp(c.mlp, c.n_embd, c.mlp_hidden_dim, c.bias, c.dropout),
