@@ -13,7 +13,8 @@ Rows:
   mirror `configs/shakespeare_char_10m.json` (and its `_best` variant), `--iters` steps each, logged every step
   (both then sync on the loss every step); median ms/step after `--warmup` steps; `--repeats` alternated runs.
 - `cpu`: nanoGPT's README CPU recipe (4x128, block 64, batch 12, 2000 iters, eval_iters 20) to its final val loss,
-  timed from launch to the line that prints it; lmforge's `shakespeare_char_cpu_best`, timed from launch to the
+  timed from launch to the line that prints it; lmforge's `shakespeare_char_cpu_best` (the same 4 x 128 model) and
+  `shakespeare_char_cpu_speedrun` (2 x 128, the ablations' winners), each timed from launch to the
   first evaluation at or below that loss (start-up + the trainer's own elapsed time at that row).
 - `startup`: `lmforge train` of a 3-step run to its first step row, and a restart of it to its first resumed row.
 `--rows` reruns only the rows named; the others keep what the JSON already holds.
@@ -125,25 +126,32 @@ def row_10m(work: Path, args: argparse.Namespace, precision: str, tmp: Path) -> 
     return {"precision": precision, "iters": args.iters, "warmup": args.warmup, **out}
 
 
+CPU_PRESETS = ("shakespeare_char_cpu_best", "shakespeare_char_cpu_speedrun")  # the 4 x 128 recipe, and the fastest to the loss
+
+
 def row_cpu(work: Path, args: argparse.Namespace, tmp: Path) -> dict:
-    nano, ours = [], []
+    nano, ours = [], {preset: [] for preset in CPU_PRESETS}
     for repeat in range(args.repeats):
         lines, wall = run_streaming([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU_RECIPE], work)
         evals = [(t, float(m.group(3))) for t, line in lines if (m := EVAL_LINE.match(line))]
         at, target = evals[-1]
         nano.append({"seconds_to_val": at, "val_loss": target, "wall_s": wall})
-        rows, first_row, wall = lmforge_train("shakespeare_char_cpu_best", tmp / f"cpu_best_{repeat}")
-        steps = [r for r in rows if "tokens_per_sec" in r]
-        startup = first_row - steps[0]["elapsed"]  # launch -> training began
-        hit = next((r for r in rows if r.get("val_loss") is not None and r["val_loss"] <= target), None)
-        ours.append({"seconds_to_val": None if hit is None else startup + hit["elapsed"], "val_loss_at_target": hit and hit["val_loss"],
-                     "target_step": hit and hit["step"], "final_val_loss": next(r["val_loss"] for r in reversed(rows) if "val_loss" in r),
-                     "startup_s": startup, "wall_s": wall})
-        ratio = None if hit is None else ours[-1]["seconds_to_val"] / at
-        print(f"  cpu repeat {repeat + 1}: nanoGPT val {target:.4f} at {at:.1f} s; lmforge best "
-              + (f"val {hit['val_loss']:.4f} at {ours[-1]['seconds_to_val']:.1f} s ({ratio:.2f}x)" if hit else "never reached it"), flush=True)
-    ratios = [o["seconds_to_val"] / n["seconds_to_val"] if o["seconds_to_val"] else None for n, o in zip(nano, ours)]
-    return {"nanoGPT": nano, "shakespeare_char_cpu_best": ours, "time_ratio": ratios}
+        for preset in CPU_PRESETS:
+            rows, first_row, wall = lmforge_train(preset, tmp / f"{preset}_{repeat}")
+            steps = [r for r in rows if "tokens_per_sec" in r]
+            startup = first_row - steps[0]["elapsed"]  # launch -> training began
+            hit = next((r for r in rows if r.get("val_loss") is not None and r["val_loss"] <= target), None)
+            ours[preset].append({
+                "seconds_to_val": None if hit is None else startup + hit["elapsed"], "val_loss_at_target": hit and hit["val_loss"],
+                "target_step": hit and hit["step"], "final_val_loss": next(r["val_loss"] for r in reversed(rows) if "val_loss" in r),
+                "startup_s": startup, "wall_s": wall})
+            ratio = None if hit is None else ours[preset][-1]["seconds_to_val"] / at
+            print(f"  cpu repeat {repeat + 1}: nanoGPT val {target:.4f} at {at:.1f} s; {preset} "
+                  + (f"val {hit['val_loss']:.4f} at {ours[preset][-1]['seconds_to_val']:.1f} s ({ratio:.2f}x)" if hit else "never reached it"),
+                  flush=True)
+    ratios = {preset: [o["seconds_to_val"] / n["seconds_to_val"] if o["seconds_to_val"] else None for n, o in zip(nano, runs)]
+              for preset, runs in ours.items()}
+    return {"nanoGPT": nano, **ours, "time_ratio": ratios}
 
 
 def row_startup(tmp: Path) -> dict:
@@ -213,10 +221,11 @@ def print_tables(report: dict) -> None:
     if "cpu_recipe" in report:
         r = report["cpu_recipe"]
         print("\nnanoGPT's CPU recipe: wall time from launch to nanoGPT's final val loss")
-        print("| repeat | nanoGPT val | nanoGPT s | lmforge best val | lmforge s | ratio |\n|---:|---:|---:|---:|---:|---:|")
-        for i, (n, o, ratio) in enumerate(zip(r["nanoGPT"], r["shakespeare_char_cpu_best"], r["time_ratio"]), 1):
-            print(f"| {i} | {n['val_loss']:.4f} | {n['seconds_to_val']:.1f} | {o['val_loss_at_target'] or float('nan'):.4f} | "
-                  f"{o['seconds_to_val'] or float('nan'):.1f} | {ratio if ratio is not None else float('nan'):.2f}x |")
+        print("| repeat | nanoGPT val | nanoGPT s | lmforge preset | its val | its s | ratio |\n|---:|---:|---:|---|---:|---:|---:|")
+        for preset in (p for p in CPU_PRESETS if p in r):
+            for i, (n, o, ratio) in enumerate(zip(r["nanoGPT"], r[preset], r["time_ratio"][preset]), 1):
+                print(f"| {i} | {n['val_loss']:.4f} | {n['seconds_to_val']:.1f} | {preset} | {o['val_loss_at_target'] or float('nan'):.4f} | "
+                      f"{o['seconds_to_val'] or float('nan'):.1f} | {ratio if ratio is not None else float('nan'):.2f}x |")
     if "startup" in report:
         s = report["startup"]
         print(f"\nstart-up: imports {s['import_s']:.2f} s; launch -> first step {s['launch_to_first_step_s']:.2f} s; "
