@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from lmforge.config import WandbConfig
+    from lmforge.runtime import Runtime
     from lmforge.training.trainer import Trainer
 
 WANDB_ID_FILE = "wandb_id"  # the W&B run id, so a resumed run keeps logging into the same W&B run
@@ -136,3 +137,14 @@ def progress_bar(enabled: bool, total: int, initial: int, name: str | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=name or "train", unit="step", dynamic_ncols=True)
+
+
+def mfu_peak_flops(runtime: "Runtime", override: float | None, model: "torch.nn.Module", tokens_per_step: int) -> float | None:
+    """The peak MFU divides by, or None where MFU is not reported: a model with quantized layers, whose matmuls no
+    fp32/bf16 peak describes (torchtitan skips MFU under FP8/MX for the same reason)."""
+    from lmforge.protocols import has_quantized_layers
+    from lmforge.runtime import gemm_shapes, peak_flops
+
+    if has_quantized_layers(model):
+        return None
+    return peak_flops(runtime, override, gemm_shapes(model, tokens_per_step))

@@ -22,15 +22,15 @@ from lmforge.evaluation import evaluate_lm
 from lmforge.inference import LoadedRun, load_run
 from lmforge.objectives import StepContext
 from lmforge.objectives.auxiliary import with_auxiliary
-from lmforge.protocols import Objective, has_quantized_layers
+from lmforge.protocols import Objective
 from lmforge.registry import GRAD_FILTERS, OBJECTIVES
-from lmforge.runtime import Runtime, gemm_shapes, peak_flops, setup_runtime
+from lmforge.runtime import Runtime, setup_runtime
 from lmforge.training import run_dir as run_dir_lib
 from lmforge.training.callbacks import Callback, EarlyStopping, TrainResult
 from lmforge.training.checkpoint import BEST, Checkpoint, CheckpointManager, CheckpointWriteError, is_sharded
 from lmforge.training.checkpoint_writer import CheckpointWriter
 from lmforge.training.fsdp import load_latest_sharded, rederive_position
-from lmforge.training.metrics import MetricsLogger, progress_bar, train_row
+from lmforge.training.metrics import MetricsLogger, mfu_peak_flops, progress_bar, train_row
 from lmforge.training.optim import build_optimizer, set_hyperparameters
 from lmforge.training.recovery import log_skip, roll_back
 from lmforge.training.resume_check import check_run_dir
@@ -103,11 +103,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.resumed_from: int | None = None
         self.stage_flops = stage_flops_per_token(self.resolved, self.seq_length)  # per token, per stage, the heads' cost included
-        # MFU needs the peak of the dtype the matmuls run in; quantized layers' matmuls have none here (torchtitan's rule)
-        self.peak_flops = (
-            peak_flops(rt, tc.peak_flops, gemm_shapes(self.model, tc.batch_size * self.seq_length))
-            if self.stage_flops[0] and not has_quantized_layers(self.model) else None
-        )
+        self.peak_flops = mfu_peak_flops(rt, tc.peak_flops, self.model, tc.batch_size * self.seq_length) if self.stage_flops[0] else None
 
     @property
     def seq_length(self) -> int:
