@@ -1,14 +1,16 @@
 """Where a training step's time goes: torch.profiler over a short `lmforge train` run and, beside it, over nanoGPT's
 own `train.py` (from `NANOGPT_DIR`), on the same config, batch and number of steps.
 
-Both run nanoGPT's 10.65M shakespeare_char config (6x384, block 256, dropout 0.2) by default, each through its
+`--recipe 10m` (default) runs nanoGPT's 10.65M shakespeare_char config (6x384, block 256, dropout 0.2) in both;
+`--recipe cpu` runs nanoGPT's README CPU recipe (4x128, block 64, batch 12, no dropout) beside
+shakespeare_char_cpu_best, or beside any `--preset` (shakespeare_char_cpu_speedrun). Each runs through its
 own training loop (lmforge's Trainer via `lmforge.train`; nanoGPT's train.py via runpy, in a temporary copy prepared
 by bench/vs_nanogpt.py's `nanogpt_copy`), for `--steps` steps with evaluation cut to one batch. The whole run is
 profiled (model build and the one-batch evaluation included in both, a small share next to the steps), and the
 table lists the ops by self CPU time divided by the number of steps.
 
-usage: NANOGPT_DIR=~/nanoGPT python bench/profile_step.py [--preset shakespeare_char_10m] [--precision fp32]
-                                                         [--batch 64] [--steps 4] [--out bench/results/profile_step.json]
+usage: NANOGPT_DIR=~/nanoGPT python bench/profile_step.py [--recipe 10m|cpu] [--preset NAME] [--precision fp32]
+                                                         [--batch N] [--steps N] [--out bench/results/profile_step.json]
 """
 from __future__ import annotations
 
@@ -28,9 +30,13 @@ from lmforge.config import load_preset
 from lmforge.training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_nanogpt import nanogpt_copy  # noqa: E402  (the patched, data-prepared copy of the user's nanoGPT)
+from vs_nanogpt import NANOGPT_CPU_RECIPE, nanogpt_copy  # noqa: E402  (the patched, data-prepared copy of the user's nanoGPT)
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPES = {  # name: (lmforge preset, batch, nanoGPT's arguments before the profiling ones, which override them)
+    "10m": ("shakespeare_char_10m", 64, ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False"]),
+    "cpu": ("shakespeare_char_cpu_best", 12, ["config/train_shakespeare_char.py", *NANOGPT_CPU_RECIPE]),
+}
 
 
 def table(prof, steps: int, top: int) -> list[dict]:
@@ -54,7 +60,7 @@ def profile_lmforge(args: argparse.Namespace, run_dir: Path) -> list[dict]:
 
 def profile_nanogpt(args: argparse.Namespace, work: Path) -> list[dict]:
     dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.precision]
-    argv = ["train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", f"--dtype={dtype}",
+    argv = ["train.py", *RECIPES[args.recipe][2], f"--dtype={dtype}",
             f"--batch_size={args.batch}", f"--max_iters={args.steps - 1}", "--eval_interval=1000000", "--eval_iters=1",
             "--log_interval=1", "--always_save_checkpoint=False"]  # iterations 0..max_iters: `steps` optimizer steps
     old_argv, old_cwd, old_path = sys.argv, os.getcwd(), list(sys.path)
@@ -71,14 +77,18 @@ def profile_nanogpt(args: argparse.Namespace, work: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="shakespeare_char_10m")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="10m",
+                    help="nanoGPT's 10.65M shakespeare_char config, or its README's CPU recipe")
+    ap.add_argument("--preset", default=None, help="the lmforge preset; default: the recipe's mirror")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="default: the recipe's (64, or 12 for cpu)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "profile_step.json"))
     args = ap.parse_args()
-    report = {"preset": args.preset, "precision": args.precision, "batch": args.batch, "steps": args.steps,
+    preset, batch, _ = RECIPES[args.recipe]
+    args.preset, args.batch = args.preset or preset, args.batch or batch
+    report = {"recipe": args.recipe, "preset": args.preset, "precision": args.precision, "batch": args.batch, "steps": args.steps,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         report["lmforge"] = profile_lmforge(args, Path(tmp) / "run")
