@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.config_base import Section
 from lmforge.models.activation_cache import ActivationCache
+from lmforge.models.dropout import Dropout
 from lmforge.models.flops import flops_per_token
 from lmforge.models.layers import (
     Block,
@@ -184,7 +185,7 @@ class GPT(nn.Module):
             RotaryEmbedding(config.rope_dim, config.block_size, config.rope_theta, config.rope_scale)
             if config.pos_embedding == "rope" else None
         )
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(self._make_block(i) for i in range(config.n_layer))
         self.depth = config.n_layer  # blocks the forward runs (a stage plan's `depth` setting trains a shallower model)
         self.activation_cache: ActivationCache | None = None  # set by a stage plan whose lower layers are frozen

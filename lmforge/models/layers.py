@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.models.dropout import Dropout, scaled_dot_product_attention
+
 
 # ---------------------------------------------------------------------------- norms
 
@@ -154,7 +156,7 @@ class CausalSelfAttention(nn.Module):
         self.causal = True  # False: bidirectional (BERT-style, every position sees every other); GPT.set_causal
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.qk_norm, self.norm_eps = qk_norm, norm_eps
         self.q_norm = build_norm(qk_norm, self.head_dim, norm_eps, bias=False) if qk_norm else None  # weights only:
         self.k_norm = build_norm(qk_norm, self.head_dim, norm_eps, bias=False) if qk_norm else None  # read in forward
@@ -187,7 +189,7 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if self.causal and offset > 0 and T > 1:
             mask = torch.ones(T, offset + T, dtype=torch.bool, device=q.device).tril(diagonal=offset)  # (T, offset+T)
-        y = F.scaled_dot_product_attention(
+        y = scaled_dot_product_attention(  # torch's, or its math with a cheap dropout mask on CPU
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
@@ -225,7 +227,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +241,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=bias)
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, H) each

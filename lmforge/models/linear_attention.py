@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.models.dropout import Dropout
+
 EPS = 1e-6
 
 
@@ -124,7 +126,7 @@ class LinearAttention(nn.Module):
         self.feature_map, self.chunk_size, self.causal = feature_map, chunk_size, causal
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.n_features = self.head_dim if feature_map == "elu" else (n_features or 2 * self.head_dim)
         if feature_map == "favor":
             g = torch.Generator().manual_seed(seed * 1000 + layer_idx)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from lmforge.models.dropout import Dropout, scaled_dot_product_attention
 from lmforge.models.layers import RMSNorm, apply_rotary
 
 LATENT_NORM_EPS = 1e-6  # DeepseekV3RMSNorm's default, which transformers uses for q_a_layernorm and kv_a_layernorm
@@ -75,7 +75,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_norm = RMSNorm(kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(kv_lora_rank, n_head * (qk_nope_head_dim + v_head_dim), bias=False)
         self.c_proj = nn.Linear(n_head * v_head_dim, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.scale = qk_dim ** -0.5
         self.causal = True  # False: bidirectional; GPT.set_causal
 
@@ -109,7 +109,7 @@ class MultiHeadLatentAttention(nn.Module):
         mask = None
         if self.causal and offset > 0 and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset)
-        y = F.scaled_dot_product_attention(
+        y = scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and offset == 0 and T > 1, scale=self.scale,
         )  # (B, nh, T, v)

@@ -15,6 +15,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from lmforge.config_base import Section
+from lmforge.models.dropout import Dropout
 from lmforge.models.output import ModelOutput
 from lmforge.registry import MODELS
 
@@ -69,7 +70,7 @@ class VGTBlock(nn.Module):
         super().__init__()
         self.ln = nn.LayerNorm(n_embd, eps=norm_eps)
         self.gru = nn.GRU(n_embd, n_embd, batch_first=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C), h0 (1, B, C) or None = zeros; returns the new x and the last hidden state (1, B, C)."""
